@@ -1,0 +1,103 @@
+"""Reading `(inputs, targets)` batches from user data, and checking what a model made of them.
+
+Every check names the batch (its 0-based position in the iterable) and what would be right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch: its position in the data, the inputs, and the targets."""
+
+    index: int
+    inputs: Tensor
+    targets: Tensor
+
+    @property
+    def size(self) -> int:
+        """The number of samples in the batch."""
+        return self.inputs.shape[0]
+
+
+def iterate_batches(
+    data: Iterable[Any], *, device: torch.device | None = None, limit: int | None = None
+) -> Iterator[Batch]:
+    """Yield the batches of ``data`` moved to ``device``, stopping after ``limit`` samples in total.
+
+    The last batch is cut so that exactly ``min(limit, len(data))`` samples are yielded; empty
+    batches are skipped.
+    """
+    seen = 0
+    for index, item in enumerate(data):
+        if limit is not None and seen >= limit:
+            return
+        inputs, targets = _unpack(item, index)
+        if inputs.shape[0] == 0:
+            continue
+        if limit is not None and seen + inputs.shape[0] > limit:
+            keep = limit - seen
+            inputs, targets = inputs[:keep], targets[:keep]
+        if device is not None:
+            inputs, targets = inputs.to(device), targets.to(device)
+        seen += inputs.shape[0]
+        yield Batch(index, inputs, targets)
+
+
+def _unpack(item: Any, index: int) -> tuple[Tensor, Tensor]:
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise TypeError(
+            f"batch {index}: expected an (inputs, targets) pair; got {type(item).__name__}"
+        )
+    inputs, targets = item
+    for role, value in (("inputs", inputs), ("targets", targets)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"batch {index}: {role} must be a tensor; got {type(value).__name__}")
+    if inputs.dim() == 0 or targets.dim() == 0 or inputs.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"batch {index}: inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} "
+            "must share their first (batch) dimension"
+        )
+    return inputs, targets
+
+
+def check_logits(logits: Any, batch: Batch) -> Tensor:
+    """Return ``logits`` if it is an (N, C) floating tensor for this batch with C ≥ 2."""
+    if not isinstance(logits, Tensor):
+        raise TypeError(
+            f"batch {batch.index}: the model (after output_fn) must return a logits tensor; "
+            f"got {type(logits).__name__}"
+        )
+    if logits.dim() != 2 or logits.shape[0] != batch.size or not logits.is_floating_point():
+        raise ValueError(
+            f"batch {batch.index}: expected floating logits of shape ({batch.size}, classes); "
+            f"got {logits.dtype} {tuple(logits.shape)} (use output_fn to select a head)"
+        )
+    if logits.shape[1] < 2:
+        raise ValueError(
+            f"batch {batch.index}: logits have {logits.shape[1]} class; a softmax over one class "
+            "is constant, so a classifier needs at least 2 logits"
+        )
+    return logits
+
+
+def check_class_targets(targets: Tensor, num_classes: int, batch: Batch) -> None:
+    """Raise unless ``targets`` are integer class labels in [0, num_classes), one per sample."""
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(f"batch {batch.index}: labels must be integers; got {targets.dtype}")
+    if targets.shape != (batch.size,):
+        raise ValueError(
+            f"batch {batch.index}: expected {batch.size} labels of shape ({batch.size},); "
+            f"got shape {tuple(targets.shape)}"
+        )
+    low, high = int(targets.min()), int(targets.max())
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        raise ValueError(f"batch {batch.index}: labels must be in [0, {num_classes}); got {bad}")

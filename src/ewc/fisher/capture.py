@@ -1,0 +1,138 @@
+"""Recording what each parameter-owning module saw in a forward pass.
+
+The per-layer rules need, for every call of a module, its inputs and the gradient that flows into
+its output. Forward hooks record the inputs and the output's *gradient edge* (the autograd node that
+produced it). Asking autograd for the gradient at that edge, rather than at the output tensor, stays
+correct when a later in-place op (``ReLU(inplace=True)``) rewrites the output tensor, and it asks
+autograd for nothing else: no weight gradient is ever computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.utils._pytree import tree_flatten
+
+
+@dataclass
+class ModuleCall:
+    """One call of a module during the forward pass.
+
+    Attributes:
+        module: the module that ran.
+        name: its qualified name in the model.
+        args, kwargs: what it was called with.
+        output_index: positions, among the output's tensor leaves, of those that carry a gradient.
+        edges: the gradient edges of those leaves, in the same order.
+        shapes: the shapes of those leaves, in the same order.
+        versions: the in-place version counters of the tensor arguments when the module ran.
+        static_storage: storage addresses of the model's parameters and buffers; arguments that
+            live there (a buffer passed as a mask, a slice of positional encodings) are shared by
+            all samples, whatever their first dimension.
+    """
+
+    module: nn.Module
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    output_index: list[int]
+    edges: list[GradientEdge]
+    shapes: list[torch.Size]
+    versions: list[int] = field(default_factory=list)
+    static_storage: frozenset[int] = frozenset()
+
+    @property
+    def input(self) -> Tensor:
+        """The first positional argument: the input of every layer with a closed-form rule."""
+        return self.args[0]
+
+    def is_batched(self, value: Any, batch_size: int) -> bool:
+        """Whether an argument holds one row per sample: a tensor with the batch as its first
+        dimension that is not (a view of) one of the model's parameters or buffers."""
+        return (
+            isinstance(value, Tensor)
+            and value.dim() > 0
+            and value.shape[0] == batch_size
+            and value.untyped_storage().data_ptr() not in self.static_storage
+        )
+
+    def narrow(self, start: int, stop: int, batch_size: int) -> ModuleCall:
+        """The same call restricted to samples ``start:stop`` of a batch of ``batch_size``."""
+
+        def cut(value: Any) -> Any:
+            return value[start:stop] if self.is_batched(value, batch_size) else value
+
+        args = tuple(cut(a) for a in self.args)
+        kwargs = {k: cut(v) for k, v in self.kwargs.items()}
+        return replace(self, args=args, kwargs=kwargs)
+
+    def check_inputs_unchanged(self) -> None:
+        """Raise if a tensor argument was modified in place after the module ran."""
+        tensors = [a for a in self.args if isinstance(a, Tensor)]
+        if [t._version for t in tensors] != self.versions:
+            raise RuntimeError(
+                f"the input of module {self.name!r} was modified in place after the module ran; "
+                "the Fisher needs the values the module saw (replace the in-place op after it)"
+            )
+
+
+class CallRecorder:
+    """Forward hooks on the given modules that record each call as a `ModuleCall`.
+
+    ``static`` lists the model's parameters and buffers (see `ModuleCall.static_storage`).
+    Use as a context manager: the hooks are removed on exit, also when an exception escapes.
+    `paused()` suspends recording, for re-running a module outside the main forward pass.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], static: Iterable[Tensor] = ()):
+        self._modules = modules
+        self._static_storage = frozenset(t.untyped_storage().data_ptr() for t in static)
+        self._names = {id(m): name for name, m in modules.items()}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._recording = True
+        self.calls: list[ModuleCall] = []
+
+    def __enter__(self) -> CallRecorder:
+        for module in self._modules.values():
+            self._handles.append(module.register_forward_hook(self._record, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Suspend recording inside the block."""
+        previous, self._recording = self._recording, False
+        try:
+            yield
+        finally:
+            self._recording = previous
+
+    def _record(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if not self._recording:
+            return
+        leaves, _ = tree_flatten(output)
+        index, edges, shapes = [], [], []
+        for position, leaf in enumerate(leaves):
+            if isinstance(leaf, Tensor) and leaf.requires_grad:
+                index.append(position)
+                edges.append(get_gradient_edge(leaf))
+                shapes.append(leaf.shape)
+        if not edges:
+            return
+        versions = [a._version for a in args if isinstance(a, Tensor)]
+        name = self._names[id(module)]
+        self.calls.append(
+            ModuleCall(
+                module, name, args, kwargs, index, edges, shapes, versions, self._static_storage
+            )
+        )

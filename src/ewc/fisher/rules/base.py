@@ -1,0 +1,64 @@
+"""The contract of a per-layer rule, and the default that derives it from per-sample gradients.
+
+A rule turns one recorded module call (its inputs) and the gradient at its output for one cotangent
+vector into Σ_n (∂ℓ_n/∂θ)² for the module's own parameters, where ℓ_n is the per-sample quantity
+whose gradient is squared. Rules work in two steps so that a layer can sum over the C cotangent
+vectors of the exact Fisher before doing its expensive product:
+
+- ``partial(call, grads, names)`` → a dict of tensors that is *additive over cotangent vectors*;
+- ``finalize(call, partial, names)`` → {local parameter name: Σ_n (per-sample gradient)²}.
+
+Every rule also provides ``per_sample(call, grads, names)`` → {name: tensor (N, *param.shape)}, the
+obviously-correct form, used when a parameter is shared by several calls (the per-sample
+gradients of all its uses must be summed before squaring).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from ewc.fisher.capture import ModuleCall
+
+#: Largest number of per-sample gradient entries materialised at once (2**24 floats = 64 MiB fp32).
+PER_SAMPLE_BUDGET = 2**24
+
+
+class Rule:
+    """Squared per-sample gradients for the parameters of one kind of module."""
+
+    def per_sample(
+        self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
+    ) -> dict[str, Tensor]:
+        """Per-sample gradients {name: (N, *param.shape)} for the cotangent behind ``grads``."""
+        raise NotImplementedError
+
+    def partial(
+        self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
+    ) -> dict[str, Tensor]:
+        """Σ_n (per-sample gradient)², computed over chunks of samples to bound memory."""
+        size = grads[0].shape[0]
+        per_sample_numel = sum(getattr(call.module, name).numel() for name in names)
+        chunk = max(1, PER_SAMPLE_BUDGET // max(1, per_sample_numel))
+        totals: dict[str, Tensor] = {}
+        for start in range(0, size, chunk):
+            stop = min(size, start + chunk)
+            part = call.narrow(start, stop, size)
+            sliced = [g[start:stop] for g in grads]
+            for name, value in self.per_sample(part, sliced, names).items():
+                squares = value.square().sum(0)
+                totals[name] = squares if name not in totals else totals[name].add_(squares)
+        return totals
+
+    def finalize(
+        self, call: ModuleCall, partial: dict[str, Tensor], names: Sequence[str]
+    ) -> dict[str, Tensor]:
+        """Turn the accumulated ``partial`` into {name: Σ_n (per-sample gradient)²}."""
+        return partial
+
+
+def sum_except(tensor: Tensor, keep_last: int) -> Tensor:
+    """Sum over every dimension between the batch dimension and the last ``keep_last`` ones."""
+    middle = tuple(range(1, tensor.dim() - keep_last))
+    return tensor.sum(middle) if middle else tensor

@@ -1,0 +1,56 @@
+"""Rule for `nn.Linear`: y = a Wᵀ + b, on inputs with any number of leading dimensions.
+
+For one sample with input rows a_t and output-gradient rows g_t (t over the leading dimensions),
+the weight gradient is Σ_t g_t a_tᵀ. Without leading dimensions it is the outer product g aᵀ, whose
+square is (g²)(a²)ᵀ entry-wise, so
+
+    Σ_n (∂ℓ_n/∂W)² = (G²)ᵀ (A²)        (G: N×O output gradients, A: N×I inputs)
+
+one GEMM of the size of the ordinary weight gradient, and never an N×O×I tensor. Because G² enters
+linearly, the C cotangent vectors of the exact Fisher are summed (as Σ_c G_c²) before that GEMM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ewc.fisher.capture import ModuleCall
+from ewc.fisher.rules.base import Rule, sum_except
+
+
+class LinearRule(Rule):
+    """Closed-form squared per-sample gradients of `nn.Linear` weight and bias."""
+
+    def per_sample(
+        self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
+    ) -> dict[str, Tensor]:
+        a, g = call.input, grads[0]
+        out = {}
+        if "weight" in names:
+            out["weight"] = torch.einsum("n...o,n...i->noi", g, a)
+        if "bias" in names:
+            out["bias"] = sum_except(g, keep_last=1)
+        return out
+
+    def partial(
+        self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
+    ) -> dict[str, Tensor]:
+        if call.input.dim() != 2:
+            return super().partial(call, grads, names)
+        return {"grad_squared": grads[0].square()}
+
+    def finalize(
+        self, call: ModuleCall, partial: dict[str, Tensor], names: Sequence[str]
+    ) -> dict[str, Tensor]:
+        if "grad_squared" not in partial:
+            return partial
+        g2 = partial["grad_squared"]
+        out = {}
+        if "weight" in names:
+            out["weight"] = g2.T @ call.input.square()
+        if "bias" in names:
+            out["bias"] = g2.sum(0)
+        return out
