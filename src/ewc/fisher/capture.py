@@ -35,6 +35,8 @@ class ModuleCall:
         static_storage: storage addresses of the model's parameters and buffers; arguments that
             live there (a buffer passed as a mask, a slice of positional encodings) are shared by
             all samples, whatever their first dimension.
+        cache: scratch space for rules, to reuse work across the output-gradient vectors of a
+            batch (e.g. input windows of a convolution); it lives as long as the call record.
     """
 
     module: nn.Module
@@ -46,6 +48,7 @@ class ModuleCall:
     shapes: list[torch.Size]
     versions: list[int] = field(default_factory=list)
     static_storage: frozenset[int] = frozenset()
+    cache: dict[Any, Any] = field(default_factory=dict)
 
     @property
     def input(self) -> Tensor:
@@ -70,7 +73,7 @@ class ModuleCall:
 
         args = tuple(cut(a) for a in self.args)
         kwargs = {k: cut(v) for k, v in self.kwargs.items()}
-        return replace(self, args=args, kwargs=kwargs)
+        return replace(self, args=args, kwargs=kwargs, cache={})
 
     def check_inputs_unchanged(self) -> None:
         """Raise if a tensor argument was modified in place after the module ran."""
