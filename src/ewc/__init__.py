@@ -5,6 +5,8 @@ The public API, grouped: Fisher estimation, penalties, training.
 
 from ewc._version import __version__
 from ewc.fisher import DiagonalFisher, FisherKind, diagonal_fisher
+from ewc.penalties import EWC, L2, PenaltyMode, QuadraticPenalty
+from ewc.training import NonFiniteLossError, evaluate, train_epoch
 
 __all__ = [
     "__version__",
@@ -12,4 +14,13 @@ __all__ = [
     "DiagonalFisher",
     "FisherKind",
     "diagonal_fisher",
+    # penalties
+    "EWC",
+    "L2",
+    "PenaltyMode",
+    "QuadraticPenalty",
+    # training
+    "NonFiniteLossError",
+    "evaluate",
+    "train_epoch",
 ]

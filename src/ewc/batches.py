@@ -5,12 +5,12 @@ Every check names the batch (its 0-based position in the iterable) and what woul
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,14 @@ def _unpack(item: Any, index: int) -> tuple[Tensor, Tensor]:
             "must share their first (batch) dimension"
         )
     return inputs, targets
+
+
+def model_logits(
+    model: nn.Module, batch: Batch, output_fn: Callable[[Any], Tensor] | None
+) -> Tensor:
+    """The checked (N, C) logits of ``model`` on the batch, read through ``output_fn`` if given."""
+    output = model(batch.inputs)
+    return check_logits(output_fn(output) if output_fn is not None else output, batch)
 
 
 def check_logits(logits: Any, batch: Batch) -> Tensor:

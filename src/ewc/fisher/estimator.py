@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ewc.batches import Batch, check_class_targets, check_logits, iterate_batches
+from ewc.batches import Batch, check_class_targets, iterate_batches, model_logits
 from ewc.fisher.capture import CallRecorder, ModuleCall
 from ewc.fisher.cotangents import score_vectors
 from ewc.fisher.diagonal import DiagonalFisher
@@ -105,11 +105,6 @@ def _trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return params
 
 
-def _logits(model: nn.Module, batch: Batch, output_fn: OutputFn | None) -> Tensor:
-    output = model(batch.inputs)
-    return check_logits(output_fn(output) if output_fn is not None else output, batch)
-
-
 def _batched_sums(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -120,7 +115,7 @@ def _batched_sums(
     sums = {name: torch.zeros_like(p) for name, p in params.items()}
     count = num_batches = 0
     for batch in batches:
-        logits = _logits(model, batch, output_fn)
+        logits = model_logits(model, batch, output_fn)
         check_class_targets(batch.targets, logits.shape[1], batch)
         loss = F.cross_entropy(logits, batch.targets)
         grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
@@ -148,7 +143,7 @@ def _per_sample_sums(
     with CallRecorder(modules, static) as recorder:
         for batch in batches:
             recorder.calls.clear()
-            logits = _logits(model, batch, output_fn)
+            logits = model_logits(model, batch, output_fn)
             if kind.uses_labels:
                 check_class_targets(batch.targets, logits.shape[1], batch)
             vectors = score_vectors(logits, kind, targets=batch.targets, **options)

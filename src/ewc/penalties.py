@@ -1,0 +1,310 @@
+"""Quadratic penalties that keep a model near what earlier tasks taught it: EWC and L2.
+
+EWC (Kirkpatrick et al. 2017, Eq. 3) adds to the loss of a new task
+
+    (λ/2) Σ_i F_i (θ_i − θ*_i)²
+
+the Laplace approximation of the old task's posterior: a Gaussian centred at the old optimum θ*
+whose precision is the diagonal Fisher F. Note the 1/2: ``strength`` is the paper's λ.
+
+With several old tasks t there are two published variants:
+
+- ``separate`` (the paper): one term per task, Σ_t (λ/2) Σ_i F_t,i (θ_i − θ*_t,i)². A sum of
+  quadratics is one quadratic, Σ_t F_t (θ − θ_t)² = Ω (θ − θ̄)² + c with Ω = Σ_t F_t,
+  θ̄ = Σ_t F_t θ_t / Ω and c = Σ_t F_t (θ_t − θ̄)², so it is stored merged: same value, same
+  gradient, and a cost per call that does not grow with the number of tasks.
+- ``online`` (Schwarz et al. 2018, "Progress & Compress"; Huszár 2018): F ← γ F + F_new and the
+  anchor moves to the latest θ*; γ ∈ (0, 1] forgets old tasks gradually.
+
+The L2 baseline of the paper is the same penalty with F = 1 for every parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ewc.fisher import DiagonalFisher
+
+
+class PenaltyMode(str, Enum):
+    """How the terms of several consolidated tasks combine (see the module docstring)."""
+
+    SEPARATE = "separate"
+    ONLINE = "online"
+
+    @classmethod
+    def parse(cls, mode: PenaltyMode | str) -> PenaltyMode:
+        """Return the mode named by ``mode``; raise ValueError listing the valid names otherwise."""
+        try:
+            return cls(mode)
+        except ValueError:
+            valid = ", ".join(repr(m.value) for m in cls)
+            raise ValueError(f"unknown penalty mode {mode!r}; valid modes are {valid}") from None
+
+
+class QuadraticPenalty:
+    """(strength/2) [Σ_i Ω_i (θ_i − θ̄_i)² + c]: the state and arithmetic EWC and L2 share.
+
+    Holds, per trainable parameter of ``model`` (by ``named_parameters()`` name), the importance
+    Ω and the anchor θ̄, plus the constant c that makes the separate mode's value exact. Nothing is
+    stored on the model or its parameters. Before the first consolidation the penalty is 0.
+
+    Args:
+        model: the model whose parameters are penalised.
+        strength: λ ≥ 0, the paper's λ (the penalty carries the 1/2).
+        mode: ``"separate"`` (default) or ``"online"``.
+        gamma: the online decay γ ∈ (0, 1]; must stay 1 in separate mode.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        strength: float,
+        mode: PenaltyMode | str = "separate",
+        gamma: float = 1.0,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        self.model = model
+        self.strength = strength
+        self.mode = PenaltyMode.parse(mode)
+        self.gamma = _checked_gamma(gamma, self.mode)
+        self.num_tasks = 0
+        self.fisher_kind: str | None = None
+        self._params: dict[str, nn.Parameter] = {}
+        self._importance: dict[str, Tensor] = {}
+        self._anchor: dict[str, Tensor] = {}
+        self._constant = torch.zeros((), dtype=torch.float64)
+
+    @property
+    def strength(self) -> float:
+        """λ, the paper's regularisation strength (the penalty is (λ/2) Σ ...)."""
+        return self._strength
+
+    @strength.setter
+    def strength(self, value: float) -> None:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"strength must be a finite number ≥ 0; got {value!r}")
+        if value < 0:
+            raise ValueError(f"strength must be ≥ 0; got {value}")
+        self._strength = float(value)
+
+    @property
+    def importance(self) -> dict[str, Tensor]:
+        """Ω per parameter: Σ_t F_t (separate) or the decayed running Fisher (online)."""
+        return dict(self._importance)
+
+    @property
+    def anchor(self) -> dict[str, Tensor]:
+        """θ̄ per parameter: the Ω-weighted mean of the anchors (separate) or the latest (online)."""
+        return dict(self._anchor)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(strength={self.strength}, mode={self.mode.value!r}, "
+            f"gamma={self.gamma}, num_tasks={self.num_tasks}, fisher_kind={self.fisher_kind!r})"
+        )
+
+    def penalty(self) -> Tensor:
+        """The penalty's value at the model's current parameters, differentiable in them."""
+        if not self._params:
+            return torch.zeros(())
+        total = self._constant.to(next(iter(self._anchor.values())))
+        for name, param in self._params.items():
+            total = total + (self._importance[name] * (param - self._anchor[name]).square()).sum()
+        return 0.5 * self.strength * total
+
+    __call__ = penalty
+
+    @torch.no_grad()
+    def add_gradient_(self) -> Tensor:
+        """Add the penalty's gradient λ Ω (θ − θ̄) straight into each parameter's ``.grad``.
+
+        Equivalent to ``penalty().backward()`` after the task loss's backward, without building a
+        graph: a few fused element-wise passes. Returns the penalty's (detached) value.
+        """
+        if not self._params:
+            return torch.zeros(())
+        params = list(self._params.values())
+        diffs = torch._foreach_sub(params, [self._anchor[n] for n in self._params])
+        weighted = torch._foreach_mul(diffs, [self._importance[n] for n in self._params])
+        for param, grad in zip(params, weighted, strict=True):
+            if param.grad is None:
+                param.grad = grad * self.strength
+            else:
+                param.grad.add_(grad, alpha=self.strength)
+        squares = sum(
+            torch.dot(w.flatten(), d.flatten()) for w, d in zip(weighted, diffs, strict=True)
+        )
+        return 0.5 * self.strength * (squares + self._constant.to(squares))
+
+    def _consolidate(self, importance: Mapping[str, Tensor], kind: str | None) -> None:
+        """Add one task's term: importance F at the model's current parameters θ*."""
+        params = self._trainable()
+        fisher = _checked_importance(importance, params)
+        if self.fisher_kind is not None and kind is not None and kind != self.fisher_kind:
+            raise ValueError(
+                f"this penalty holds {self.fisher_kind!r} Fishers and a {kind!r} Fisher is a "
+                "different quantity (λ differs by orders of magnitude); use one kind per penalty"
+            )
+        anchors = {name: p.detach().clone() for name, p in params.items()}
+        if not self._params or self.mode is PenaltyMode.ONLINE:
+            self._replace_or_decay(fisher, anchors)
+        else:
+            self._merge(fisher, anchors)
+        self._params = params
+        self.fisher_kind = kind if kind is not None else self.fisher_kind
+        self.num_tasks += 1
+
+    def _replace_or_decay(self, fisher: dict[str, Tensor], anchors: dict[str, Tensor]) -> None:
+        """Online EWC: Ω ← γ Ω + F, θ̄ ← θ*; also the first task of either mode (Ω = F, θ̄ = θ*)."""
+        for name, value in fisher.items():
+            old = self._importance.get(name)
+            self._importance[name] = value if old is None else self.gamma * old + value
+        self._anchor = anchors
+
+    def _merge(self, fisher: dict[str, Tensor], anchors: dict[str, Tensor]) -> None:
+        """Separate EWC: fold F (θ − θ*)² into Ω (θ − θ̄)² + c, exactly.
+
+        Ω' = Ω + F, θ̄' = θ̄ + (F/Ω')(θ* − θ̄), c' = c + Σ (Ω F/Ω') (θ̄ − θ*)² (entries with Ω' = 0
+        carry no penalty and keep θ̄' = θ*).
+        """
+        for name, f in fisher.items():
+            omega, mean, new = self._importance[name], self._anchor[name], anchors[name]
+            total = omega + f
+            safe = torch.where(total > 0, total, torch.ones_like(total))
+            self._constant += (omega * f / safe * (mean - new).square()).sum().to(torch.float64)
+            self._anchor[name] = torch.where(total > 0, mean + f / safe * (new - mean), new)
+            self._importance[name] = total
+
+    def _trainable(self) -> dict[str, nn.Parameter]:
+        params = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+        if self._params and set(params) != set(self._params):
+            raise ValueError(
+                "the model's trainable parameters changed since the last consolidation: "
+                f"added {sorted(set(params) - set(self._params))}, "
+                f"removed {sorted(set(self._params) - set(params))}"
+            )
+        return params
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild the penalty on the same model (tensors and plain data)."""
+        return {
+            "mode": self.mode.value,
+            "strength": self.strength,
+            "gamma": self.gamma,
+            "num_tasks": self.num_tasks,
+            "fisher_kind": self.fisher_kind,
+            "importance": dict(self._importance),
+            "anchor": dict(self._anchor),
+            "constant": self._constant.clone(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a `state_dict()`; the mode must match and the tensors must fit the model."""
+        if PenaltyMode.parse(state["mode"]) is not self.mode:
+            raise ValueError(
+                f"state_dict is for mode {state['mode']!r}; this penalty is {self.mode.value!r}"
+            )
+        params = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+        importance = _checked_importance(state["importance"], params) if state["num_tasks"] else {}
+        anchor = _checked_tensors(state["anchor"], params, "anchor") if state["num_tasks"] else {}
+        self.strength = state["strength"]
+        self.gamma = _checked_gamma(state["gamma"], self.mode)
+        self.num_tasks = int(state["num_tasks"])
+        self.fisher_kind = state["fisher_kind"]
+        self._params = params if self.num_tasks else {}
+        self._importance, self._anchor = importance, anchor
+        self._constant = state["constant"].detach().to(torch.float64).clone()
+
+    def to(self, *args: Any, **kwargs: Any) -> QuadraticPenalty:
+        """Move or cast the stored Ω and θ̄ like `Tensor.to`; returns self."""
+        self._importance = {n: t.to(*args, **kwargs) for n, t in self._importance.items()}
+        self._anchor = {n: t.to(*args, **kwargs) for n, t in self._anchor.items()}
+        return self
+
+
+class EWC(QuadraticPenalty):
+    """Elastic Weight Consolidation: (λ/2) Σ_t Σ_i F_t,i (θ_i − θ*_t,i)² (Kirkpatrick et al. 2017).
+
+    Example:
+        >>> penalty = ewc.EWC(model, strength=100.0)
+        >>> penalty.consolidate(ewc.diagonal_fisher(model, loader_a))  # after training task A
+        >>> loss = F.cross_entropy(model(x), y) + penalty()            # while training task B
+    """
+
+    def consolidate(self, fisher: DiagonalFisher | Mapping[str, Tensor]) -> None:
+        """Anchor the model's current trainable parameters with this Fisher (one more task).
+
+        Args:
+            fisher: a `DiagonalFisher` (its kind is recorded and must match earlier ones) or a
+                mapping from every trainable parameter's name to a finite, non-negative tensor.
+        """
+        kind = fisher.kind.value if isinstance(fisher, DiagonalFisher) else None
+        self._consolidate(fisher, kind)
+
+
+class L2(QuadraticPenalty):
+    """The paper's L2 baseline: (λ/2) Σ_t Σ_i (θ_i − θ*_t,i)², every weight equally important."""
+
+    def consolidate(self) -> None:
+        """Anchor the model's current trainable parameters (one more task)."""
+        ones = {name: torch.ones_like(p) for name, p in self._trainable().items()}
+        self._consolidate(ones, "identity")
+
+
+def _checked_gamma(gamma: float, mode: PenaltyMode) -> float:
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma <= 1:
+        raise ValueError(f"gamma must be in (0, 1]; got {gamma!r}")
+    if mode is PenaltyMode.SEPARATE and gamma != 1:
+        raise ValueError(
+            f"gamma={gamma} only applies to mode='online'; separate mode keeps every task"
+        )
+    return float(gamma)
+
+
+def _checked_tensors(
+    values: Mapping[str, Tensor], params: dict[str, nn.Parameter], what: str
+) -> dict[str, Tensor]:
+    """The tensors of ``values``, cast to each parameter's dtype and device, checked to fit."""
+    missing, unexpected = sorted(set(params) - set(values)), sorted(set(values) - set(params))
+    if missing or unexpected:
+        raise ValueError(
+            f"{what} does not match the model's trainable parameters: "
+            f"missing {missing}, unexpected {unexpected}"
+        )
+    checked = {}
+    for name, param in params.items():
+        value = values[name]
+        if not isinstance(value, Tensor) or value.shape != param.shape:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"{what} entry {name!r} has shape {shape}; the parameter has {tuple(param.shape)}"
+            )
+        checked[name] = value.detach().to(dtype=param.dtype, device=param.device)
+    return checked
+
+
+def _checked_importance(
+    values: Mapping[str, Tensor], params: dict[str, nn.Parameter]
+) -> dict[str, Tensor]:
+    checked = _checked_tensors(values, params, "Fisher")
+    for name, value in checked.items():
+        bad_nan, bad_negative = int((~torch.isfinite(value)).sum()), int((value < 0).sum())
+        if bad_nan or bad_negative:
+            raise ValueError(
+                f"Fisher entry {name!r} has {bad_nan} non-finite and {bad_negative} negative "
+                "values; a Fisher is finite and ≥ 0"
+            )
+    return checked

@@ -1,0 +1,108 @@
+"""A training loop and an evaluation you can read in one screen.
+
+`train_epoch` is the classic ``normal_train`` (no penalty) and ``ewc_train`` (with one) in a single
+function: the penalty is just a term added to the task loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ewc.batches import Batch, check_class_targets, iterate_batches, model_logits
+from ewc.modes import evaluation_mode
+
+OutputFn = Callable[[Any], Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the batch and its parts."""
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: Iterable[Any],
+    optimizer: torch.optim.Optimizer,
+    *,
+    penalty: Callable[[], Tensor] | None = None,
+    loss_fn: LossFn = F.cross_entropy,
+    output_fn: OutputFn | None = None,
+) -> float:
+    """One pass over ``loader`` minimising ``loss_fn(logits, targets) + penalty()``.
+
+    Args:
+        model: put in train mode for the epoch.
+        loader: an iterable of ``(inputs, targets)`` batches; moved to the model's device.
+        optimizer: any torch optimizer over the model's parameters.
+        penalty: e.g. an `ewc.EWC` or `ewc.L2`; called once per step (None: plain training).
+        loss_fn: the task loss; with the default cross-entropy, labels are checked to be in range.
+        output_fn: maps the model output to logits (e.g. a task's head); default: identity.
+
+    Returns:
+        The mean total loss (task loss + penalty) over the epoch's batches.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite; the parameters are left as they were
+            before that step.
+    """
+    device = _device(model)
+    model.train()
+    total, batches = 0.0, 0
+    for batch in iterate_batches(loader, device=device):
+        logits = model_logits(model, batch, output_fn)
+        if loss_fn is F.cross_entropy:
+            check_class_targets(batch.targets, logits.shape[1], batch)
+        task_loss = loss_fn(logits, batch.targets)
+        extra = penalty() if penalty is not None else None
+        loss = task_loss if extra is None else task_loss + extra
+        value = float(loss)
+        if not math.isfinite(value):
+            raise NonFiniteLossError(_describe_non_finite(batch, task_loss, extra))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, batches = total + value, batches + 1
+    return total / max(batches, 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: Iterable[Any], *, output_fn: OutputFn | None = None
+) -> float:
+    """Top-1 accuracy of ``model`` on ``loader`` in eval mode (the previous modes are restored).
+
+    Returns:
+        The fraction of correctly classified samples, in [0, 1].
+    """
+    device = _device(model)
+    correct = seen = 0
+    with evaluation_mode(model):
+        for batch in iterate_batches(loader, device=device):
+            logits = model_logits(model, batch, output_fn)
+            check_class_targets(batch.targets, logits.shape[1], batch)
+            correct += int((logits.argmax(dim=1) == batch.targets).sum())
+            seen += batch.size
+    if seen == 0:
+        raise ValueError("cannot evaluate on data that yielded no samples")
+    return correct / seen
+
+
+def _device(model: nn.Module) -> torch.device | None:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else None
+
+
+def _describe_non_finite(batch: Batch, task_loss: Tensor, penalty: Tensor | None) -> str:
+    parts = f"task loss {float(task_loss)}"
+    if penalty is not None:
+        parts += f", penalty {float(penalty)}"
+    return (
+        f"batch {batch.index}: the loss is not finite ({parts}); the step was not taken. "
+        "A large strength × Fisher with plain SGD diverges: lower the learning rate or the strength"
+    )

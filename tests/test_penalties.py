@@ -1,0 +1,247 @@
+"""EWC and L2 penalties against their closed forms, in float64."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import ewc
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+
+
+def random_fisher(model, seed, kind="exact"):
+    gen = torch.Generator().manual_seed(seed)
+    values = {
+        n: torch.rand(p.shape, generator=gen, dtype=p.dtype) for n, p in model.named_parameters()
+    }
+    values["0.bias"][0] = 0.0  # an entry no task cares about
+    return ewc.DiagonalFisher(values, kind=kind, num_samples=10)
+
+
+def move(model, seed, scale=0.3):
+    gen = torch.Generator().manual_seed(1000 + seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def closed_form(model, terms, strength):
+    """Σ_t (λ/2) Σ_i F_t,i (θ_i − θ_t,i)² from (F_t, θ_t) pairs."""
+    params = dict(model.named_parameters())
+    return sum(
+        0.5 * strength * (f[n] * (params[n] - anchor[n]).square()).sum()
+        for f, anchor in terms
+        for n in f
+    )
+
+
+def grads_of(model, value):
+    return torch.autograd.grad(value, list(model.parameters()))
+
+
+def assert_same_value_and_gradient(model, penalty, expected):
+    got = penalty()
+    assert torch.allclose(got, expected, rtol=1e-12, atol=0)
+    for a, b in zip(grads_of(model, got), grads_of(model, expected), strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_single_task_value_and_gradient_match_the_closed_form(model):
+    fisher = random_fisher(model, 0)
+    penalty = ewc.EWC(model, strength=7.0)
+    penalty.consolidate(fisher)
+    anchor = snapshot(model)
+    assert float(penalty().detach()) == 0.0  # zero at the anchor
+    move(model, 0)
+    value = penalty()
+    assert value > 0  # and not silently zero elsewhere
+    assert_same_value_and_gradient(model, penalty, closed_form(model, [(fisher, anchor)], 7.0))
+    for (name, p), g in zip(model.named_parameters(), grads_of(model, penalty()), strict=True):
+        assert torch.allclose(g, 7.0 * fisher[name] * (p - anchor[name]), rtol=1e-12)
+
+
+def test_before_any_consolidation_the_penalty_is_zero(model):
+    assert float(ewc.EWC(model, strength=3.0)().detach()) == 0.0
+
+
+@pytest.mark.parametrize("tasks", [2, 6])
+def test_separate_mode_equals_the_sum_of_per_task_penalties(model, tasks):
+    penalty = ewc.EWC(model, strength=2.5)
+    terms = []
+    for t in range(tasks):
+        move(model, t)
+        fisher = random_fisher(model, t)
+        penalty.consolidate(fisher)
+        terms.append((fisher, snapshot(model)))
+    move(model, 99)
+    assert penalty.num_tasks == tasks
+    assert_same_value_and_gradient(model, penalty, closed_form(model, terms, 2.5))
+
+
+def test_online_mode_follows_the_decayed_recursion(model):
+    gamma, strength = 0.7, 3.0
+    penalty = ewc.EWC(model, strength=strength, mode="online", gamma=gamma)
+    running = None
+    for t in range(4):
+        move(model, t)
+        fisher = random_fisher(model, t)
+        penalty.consolidate(fisher)
+        running = (
+            dict(fisher) if running is None else {n: gamma * running[n] + fisher[n] for n in fisher}
+        )
+        anchor = snapshot(model)
+    move(model, 50)
+    assert_same_value_and_gradient(
+        model, penalty, closed_form(model, [(running, anchor)], strength)
+    )
+
+
+def test_l2_is_the_penalty_with_an_identity_fisher(model):
+    penalty = ewc.L2(model, strength=0.5)
+    terms = []
+    for t in range(3):
+        move(model, t)
+        penalty.consolidate()
+        terms.append(
+            ({n: torch.ones_like(p) for n, p in model.named_parameters()}, snapshot(model))
+        )
+    move(model, 7)
+    assert penalty.fisher_kind == "identity"
+    assert_same_value_and_gradient(model, penalty, closed_form(model, terms, 0.5))
+
+
+@pytest.mark.parametrize("mode", ["separate", "online"])
+def test_add_gradient_equals_backward_of_the_penalty(model, mode):
+    penalty = ewc.EWC(model, strength=4.0, mode=mode, gamma=0.9 if mode == "online" else 1.0)
+    for t in range(3):
+        move(model, t)
+        penalty.consolidate(random_fisher(model, t))
+    move(model, 11)
+    expected = grads_of(model, penalty())
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    value = penalty.add_gradient_()
+    assert torch.allclose(value, penalty().detach(), rtol=1e-12)
+    for p, g in zip(model.parameters(), expected, strict=True):
+        assert torch.allclose(p.grad, 1.0 + g, rtol=1e-12)
+    for p in model.parameters():
+        p.grad = None
+    penalty.add_gradient_()
+    assert all(
+        torch.allclose(p.grad, g, rtol=1e-12)
+        for p, g in zip(model.parameters(), expected, strict=True)
+    )
+
+
+@pytest.mark.parametrize("mode", ["separate", "online"])
+def test_state_dict_round_trip_continues_exactly(model, mode):
+    gamma = 0.8 if mode == "online" else 1.0
+    penalty = ewc.EWC(model, strength=1.5, mode=mode, gamma=gamma)
+    for t in range(2):
+        move(model, t)
+        penalty.consolidate(random_fisher(model, t))
+    restored = ewc.EWC(model, strength=99.0, mode=mode, gamma=gamma)
+    restored.load_state_dict(penalty.state_dict())
+    assert restored.strength == 1.5
+    assert restored.num_tasks == 2
+    move(model, 5)
+    fisher = random_fisher(model, 5)
+    penalty.consolidate(fisher)
+    restored.consolidate(fisher)
+    move(model, 8)
+    assert torch.equal(penalty().detach(), restored().detach())
+
+
+def test_no_state_is_stored_on_the_model(model):
+    keys, attributes = set(model.state_dict()), [set(vars(p)) for p in model.parameters()]
+    penalty = ewc.EWC(model, strength=1.0)
+    penalty.consolidate(random_fisher(model, 0))
+    penalty()
+    assert set(model.state_dict()) == keys
+    assert [set(vars(p)) for p in model.parameters()] == attributes
+
+
+def test_to_casts_the_stored_tensors(model):
+    penalty = ewc.EWC(model, strength=1.0)
+    penalty.consolidate(random_fisher(model, 0))
+    penalty.to(torch.float32)
+    assert all(t.dtype == torch.float32 for t in penalty.importance.values())
+    assert all(t.dtype == torch.float32 for t in penalty.anchor.values())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"strength": -1.0}, "strength must be ≥ 0; got -1.0"),
+        ({"strength": math.nan}, "strength must be a finite number ≥ 0; got nan"),
+        ({"strength": math.inf}, "strength must be a finite number"),
+        ({"strength": True}, "strength must be a finite number"),
+        (
+            {"strength": 1.0, "mode": "offline"},
+            "unknown penalty mode 'offline'; valid modes are 'separate', 'online'",
+        ),
+        ({"strength": 1.0, "mode": "online", "gamma": 0.0}, r"gamma must be in \(0, 1\]; got 0.0"),
+        ({"strength": 1.0, "mode": "online", "gamma": 1.5}, r"gamma must be in \(0, 1\]; got 1.5"),
+        ({"strength": 1.0, "gamma": 0.5}, "gamma=0.5 only applies to mode='online'"),
+    ],
+)
+def test_rejects_bad_settings(model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ewc.EWC(model, **kwargs)
+
+
+def test_rejects_fishers_that_do_not_fit_the_model(model):
+    penalty = ewc.EWC(model, strength=1.0)
+    good = dict(random_fisher(model, 0))
+    with pytest.raises(ValueError, match=r"missing \['2.bias'\], unexpected \['head.bias'\]"):
+        penalty.consolidate(
+            {**{n: v for n, v in good.items() if n != "2.bias"}, "head.bias": good["2.bias"]}
+        )
+    with pytest.raises(
+        ValueError, match=r"Fisher entry '0.weight' has shape \(4, 5\); the parameter has \(5, 4\)"
+    ):
+        penalty.consolidate({**good, "0.weight": good["0.weight"].T})
+    nan = good["2.weight"].clone()
+    nan[0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"'2\.weight' has 1 non-finite and 0 negative values"):
+        penalty.consolidate({**good, "2.weight": nan})
+    with pytest.raises(ValueError, match=r"'2\.weight' has 0 non-finite and 15 negative values"):
+        penalty.consolidate({**good, "2.weight": -good["2.weight"] - 1})
+    assert penalty.num_tasks == 0  # nothing half-consolidated
+
+
+def test_rejects_mixing_fisher_kinds(model):
+    penalty = ewc.EWC(model, strength=1.0)
+    penalty.consolidate(random_fisher(model, 0, kind="exact"))
+    with pytest.raises(
+        ValueError, match="holds 'exact' Fishers and a 'batched' Fisher is a different quantity"
+    ):
+        penalty.consolidate(random_fisher(model, 1, kind="batched"))
+
+
+def test_rejects_a_changed_set_of_trainable_parameters(model):
+    penalty = ewc.EWC(model, strength=1.0)
+    penalty.consolidate(random_fisher(model, 0))
+    model[0].bias.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"trainable parameters changed .* removed \['0.bias'\]"):
+        penalty.consolidate({n: v for n, v in random_fisher(model, 1).items() if n != "0.bias"})
+
+
+def test_rejects_a_state_dict_of_another_mode(model):
+    online = ewc.EWC(model, strength=1.0, mode="online")
+    with pytest.raises(
+        ValueError, match="state_dict is for mode 'online'; this penalty is 'separate'"
+    ):
+        ewc.EWC(model, strength=1.0).load_state_dict(online.state_dict())
