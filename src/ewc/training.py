@@ -61,7 +61,7 @@ def train_epoch(
         task_loss = loss_fn(logits, batch.targets)
         extra = penalty() if penalty is not None else None
         loss = task_loss if extra is None else task_loss + extra
-        value = float(loss)
+        value = float(loss.detach())
         if not math.isfinite(value):
             raise NonFiniteLossError(_describe_non_finite(batch, task_loss, extra))
         optimizer.zero_grad(set_to_none=True)
@@ -99,9 +99,9 @@ def _device(model: nn.Module) -> torch.device | None:
 
 
 def _describe_non_finite(batch: Batch, task_loss: Tensor, penalty: Tensor | None) -> str:
-    parts = f"task loss {float(task_loss)}"
+    parts = f"task loss {float(task_loss.detach())}"
     if penalty is not None:
-        parts += f", penalty {float(penalty)}"
+        parts += f", penalty {float(penalty.detach())}"
     return (
         f"batch {batch.index}: the loss is not finite ({parts}); the step was not taken. "
         "A large strength × Fisher with plain SGD diverges: lower the learning rate or the strength"

@@ -1,0 +1,133 @@
+"""train_epoch and evaluate: what they compute, and how they fail."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ewc
+
+
+def separable(n=64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=gen)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    return [(x[i : i + 16], y[i : i + 16]) for i in range(0, n, 16)]
+
+
+def linear_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Linear(2, 2)
+
+
+def test_training_lowers_the_loss_and_raises_accuracy():
+    model, data = linear_model(), separable()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    first = ewc.train_epoch(model, data, opt)
+    for _ in range(10):
+        last = ewc.train_epoch(model, data, opt)
+    assert last < first
+    assert ewc.evaluate(model, data) > 0.9
+    assert model.training
+
+
+def test_a_penalty_is_added_to_the_loss_exactly_as_written_by_hand():
+    data = separable()
+    a, b = linear_model(1), linear_model(1)
+    pa, pb = ewc.L2(a, strength=3.0), ewc.L2(b, strength=3.0)
+    pa.consolidate()
+    pb.consolidate()
+    opt_a, opt_b = torch.optim.SGD(a.parameters(), lr=0.1), torch.optim.SGD(b.parameters(), lr=0.1)
+    mean_loss = ewc.train_epoch(a, data, opt_a, penalty=pa)
+    total = 0.0
+    for x, y in data:
+        loss = F.cross_entropy(b(x), y) + pb()
+        total += float(loss)
+        opt_b.zero_grad()
+        loss.backward()
+        opt_b.step()
+    assert mean_loss == pytest.approx(total / len(data), rel=1e-6)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_evaluate_counts_correct_predictions_and_restores_the_mode():
+    model = nn.Linear(1, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        model.bias.zero_()
+    x = torch.tensor([[1.0], [2.0], [-1.0], [3.0]])  # predicts 0, 0, 1, 0
+    y = torch.tensor([0, 1, 1, 0])
+    model.train()
+    assert ewc.evaluate(model, [(x[:3], y[:3]), (x[3:], y[3:])]) == 0.75
+    assert model.training
+
+
+def test_output_fn_selects_a_head_for_training_and_evaluation():
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.heads = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
+
+        def forward(self, x):
+            return [h(x) for h in self.heads]
+
+    torch.manual_seed(0)
+    model, data = TwoHeads(), separable()
+    untouched = model.heads[0].weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(5):
+        ewc.train_epoch(model, data, opt, output_fn=lambda out: out[1])
+    assert torch.equal(model.heads[0].weight, untouched)
+    assert ewc.evaluate(model, data, output_fn=lambda out: out[1]) > 0.9
+
+
+def test_labels_out_of_range_name_the_batch():
+    model, data = linear_model(), separable()
+    data[2] = (data[2][0], data[2][1] + 2)
+    with pytest.raises(ValueError, match=r"batch 2: labels must be in \[0, 2\); got 3"):
+        ewc.train_epoch(model, data, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match=r"batch 2: labels must be in \[0, 2\)"):
+        ewc.evaluate(model, data)
+
+
+def test_shape_mismatches_name_the_batch():
+    model, data = linear_model(), separable()
+    data[1] = (data[1][0], data[1][1][:, None].expand(16, 2))
+    with pytest.raises(
+        ValueError, match=r"batch 1: expected 16 labels of shape \(16,\); got shape \(16, 2\)"
+    ):
+        ewc.train_epoch(model, data, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(
+        ValueError, match=r"batch 0: expected floating logits of shape \(16, classes\)"
+    ):
+        ewc.evaluate(nn.Sequential(nn.Linear(2, 2), nn.Flatten(0)), separable())
+
+
+def test_a_non_finite_loss_names_the_batch_and_takes_no_step():
+    model, data = linear_model(), separable()
+    data[3] = (data[3][0] * math.inf, data[3][1])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ewc.NonFiniteLossError, match="batch 3: the loss is not finite") as error:
+        ewc.train_epoch(model, data, opt)
+    assert "the step was not taken" in str(error.value)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_diverging_penalty_is_reported_with_its_value():
+    model, data = linear_model(), separable()
+    penalty = ewc.EWC(model, strength=1e30)
+    penalty.consolidate({n: torch.full_like(p, 1e30) for n, p in model.named_parameters()})
+    with torch.no_grad():
+        model.weight.add_(1e10)
+    with pytest.raises(ewc.NonFiniteLossError, match=r"batch 0: .*penalty inf"):
+        ewc.train_epoch(model, data, torch.optim.SGD(model.parameters(), lr=0.1), penalty=penalty)
+
+
+def test_evaluate_rejects_empty_data():
+    with pytest.raises(ValueError, match="yielded no samples"):
+        ewc.evaluate(linear_model(), [])
