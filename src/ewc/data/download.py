@@ -1,0 +1,182 @@
+"""Downloading a data set's four ``.gz`` files into the cache, verified and atomically.
+
+For each file, :func:`download`:
+
+1. keeps an existing file whose checksum matches (it is never downloaded again);
+2. otherwise tries each mirror in order: the response is streamed into a temporary file in the
+   target folder (``.<name>.<random>.part``), the byte count is compared with ``Content-Length``,
+   the file is flushed and ``fsync``-ed, its checksum verified, and only then renamed onto the final
+   name with :func:`os.replace` (atomic on POSIX and Windows), after which the folder is
+   ``fsync``-ed so that the rename survives a crash;
+3. removes the temporary file whatever happens, so a failed, truncated or corrupt download never
+   leaves anything behind, and the final name only ever holds a verified file.
+
+Only the standard library is used (:mod:`urllib.request`). A file for which the checksum table
+knows no digest is refused rather than downloaded unverified.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from ewc._version import __version__
+from ewc.data.cache import dataset_cache_dir
+from ewc.data.catalog import IDX_FILES, DatasetName, get_spec
+from ewc.data.checksums import Checksums, verify
+from ewc.data.errors import DataFileError, DownloadError
+
+_CHUNK = 1 << 20
+
+
+def download(
+    name: DatasetName | str,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    mirrors: Sequence[str] | None = None,
+    checksums: Checksums | None = None,
+    timeout: float = 60.0,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Download the four files of a data set into ``<cache root>/<name>``, verified.
+
+    Args:
+        name: ``"mnist"``, ``"fashion-mnist"`` or ``"kmnist"``.
+        cache_dir: the cache root; the default cache root when None (see
+            :func:`ewc.data.cache.default_cache_dir`).
+        mirrors: base URLs tried in order for each file (``<base>/<file name>``); the data set's
+            official mirrors when None.
+        checksums: file name → MD5 table; the official one when None (another is for tests and
+            private mirrors).
+        timeout: seconds to wait for a server before trying the next mirror.
+        progress: called with one line of text per file (e.g. ``print``); silent when None.
+
+    Returns:
+        The folder holding the four verified files, ready for ``load_dataset(name,
+        source="cache", cache_dir=cache_dir)``.
+
+    Raises:
+        ValueError: unknown ``name``, no mirror, or a file with no known checksum.
+        DownloadError: every mirror failed for a file; the message lists each URL and why.
+    """
+    spec = get_spec(name)
+    bases = spec.mirrors if mirrors is None else tuple(mirrors)
+    table = spec.checksums if checksums is None else checksums
+    if not bases:
+        raise ValueError("mirrors must name at least one base URL")
+    files = [f"{base}.gz" for base in IDX_FILES]
+    for file_name in files:
+        if file_name not in table and file_name.removesuffix(".gz") not in table:
+            raise ValueError(
+                f"no checksum known for {file_name}; refusing to download it unverified"
+            )
+    folder = dataset_cache_dir(spec.name, cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    report = progress or (lambda _: None)
+    for file_name in files:
+        _fetch(folder / file_name, bases, table, timeout, report, spec.name.value)
+    return folder
+
+
+def _fetch(
+    target: Path,
+    bases: Sequence[str],
+    table: Checksums,
+    timeout: float,
+    report: Callable[[str], None],
+    dataset: str,
+) -> None:
+    """Make ``target`` a verified copy, keeping it if it already is one."""
+    if target.is_file() and _is_verified(target, table, dataset):
+        report(f"{target}: already present, checksum verified")
+        return
+    failures = []
+    for base in bases:
+        url = f"{base.rstrip('/')}/{target.name}"
+        try:
+            _download_verified(url, target, table, timeout, dataset)
+        except (DownloadError, DataFileError) as error:
+            failures.append(str(error))
+            continue
+        report(f"{target}: downloaded from {url}, checksum verified")
+        return
+    raise DownloadError(
+        f"{target.name}: no mirror delivered a verified copy; tried:\n  " + "\n  ".join(failures)
+    )
+
+
+def _is_verified(path: Path, table: Checksums, dataset: str) -> bool:
+    """True when ``path``'s checksum matches the table (a damaged file is then replaced)."""
+    try:
+        return verify(path.read_bytes(), name=path.name, checksums=table, dataset=dataset)
+    except DataFileError:
+        return False
+
+
+def _download_verified(
+    url: str, target: Path, table: Checksums, timeout: float, dataset: str
+) -> None:
+    """Stream ``url`` to a temporary file next to ``target``, verify it, rename it onto ``target``.
+
+    Raises:
+        DownloadError: network failure or a response shorter than its ``Content-Length``.
+        DataFileError: the received bytes fail the checksum (the message starts with ``url``).
+    """
+    handle, temporary = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".part"
+    )
+    partial = Path(temporary)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            _stream(url, out, timeout)
+            out.flush()
+            os.fsync(out.fileno())
+        verify(
+            partial.read_bytes(), name=target.name, checksums=table, display=url, dataset=dataset
+        )
+        os.replace(partial, target)
+        _fsync_folder(target.parent)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _stream(url: str, out: BinaryIO, timeout: float) -> None:
+    """Copy the body of ``url`` into ``out``; network failures become :class:`DownloadError`."""
+    request = urllib.request.Request(url, headers={"User-Agent": f"ewc/{__version__}"})
+    received, declared = 0, None
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            declared = response.headers.get("Content-Length")
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                received += len(chunk)
+    except urllib.error.HTTPError as error:
+        raise DownloadError(f"{url}: HTTP {error.code} {error.reason}") from error
+    except (
+        urllib.error.URLError,
+        http.client.HTTPException,
+        ConnectionError,
+        TimeoutError,
+    ) as error:
+        raise DownloadError(f"{url}: {type(error).__name__}: {error}") from error
+    if declared is not None and declared.isdigit() and received != int(declared):
+        raise DownloadError(
+            f"{url}: received {received} of {declared} bytes (the connection closed early)"
+        )
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Persist a rename in ``folder`` (skipped where folders cannot be opened, as on Windows)."""
+    if os.name != "posix":
+        return
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
