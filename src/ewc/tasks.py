@@ -1,0 +1,205 @@
+"""What a task stream is: its tasks, the three scenarios, and the labels each scenario uses.
+
+The scenario says what the model is told at test time (van de Ven & Tolias 2019, "Three scenarios
+for continual learning"; Hsu et al. 2018, "Re-evaluating continual learning scenarios"):
+
+- task-incremental (``"task"``): the task identity is given, and the model answers among that
+  task's classes only (a head per task, or the task's columns of one shared output layer).
+- domain-incremental (``"domain"``): no task identity; every task uses the same labels 0..k−1
+  (permuted / rotated: the digit; split: first or second class of the pair).
+- class-incremental (``"class"``): no task identity; the model answers among all classes of all
+  tasks. EWC reaches about 20% on class-incremental split MNIST in every published table: that
+  is the scenario, not a bug, so a result always names its scenario.
+
+Targets and outputs of task t (0-based, T tasks) with k_t classes, where o_t = k_0 + … + k_{t−1}:
+
+=====================  ======================  ===========  =====  ========================
+scenario               targets                 num_outputs  heads  ``output_fn(t)``
+=====================  ======================  ===========  =====  ========================
+task, multi_head=True  within-task 0..k_t−1    k            T      ``out[:, t]``
+task, multi_head=False within-task 0..k_t−1    Σ_t k_t      1      ``out[:, o_t:o_t + k_t]``
+domain                 within-task 0..k_t−1    k            1      None (the output as is)
+class                  global o_t + within     Σ_t k_t      1      None (the output as is)
+=====================  ======================  ===========  =====  ========================
+
+Within-task label i stands for the original class ``task.classes[i]``. The global label of split
+tasks (consecutive class groups from 0) is therefore the digit itself, with 10 outputs; for
+permuted and rotated tasks it is 10·t + digit, with 10·T outputs. Task-IL with one shared head is
+the class-IL output layer with the other tasks' columns masked out, as in van de Ven & Tolias
+2019; with ``multi_head=True`` each task has its own Linear head instead (Hsu et al. 2018).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from torch import Tensor
+
+OutputFn = Callable[[Tensor], Tensor]
+
+
+class Scenario(str, Enum):
+    """What the model is told at test time (van de Ven & Tolias 2019); see the module docstring."""
+
+    TASK = "task"
+    DOMAIN = "domain"
+    CLASS = "class"
+
+    @property
+    def title(self) -> str:
+        """``"task-incremental"``, ``"domain-incremental"`` or ``"class-incremental"``."""
+        return f"{self.value}-incremental"
+
+    @classmethod
+    def parse(cls, value: Scenario | str) -> Scenario:
+        """The scenario named ``value``; raise ValueError listing the valid names otherwise."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            valid = ", ".join(repr(s.value) for s in cls)
+            raise ValueError(f"unknown scenario {value!r}; valid scenarios are {valid}") from None
+
+
+class Benchmark(str, Enum):
+    """How a data set becomes a sequence of tasks (see :mod:`ewc.benchmarks`)."""
+
+    PERMUTED = "permuted"
+    SPLIT = "split"
+    ROTATED = "rotated"
+
+    @classmethod
+    def parse(cls, value: Benchmark | str) -> Benchmark:
+        """The benchmark named ``value``; raise ValueError listing the valid names otherwise."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            valid = ", ".join(repr(b.value) for b in cls)
+            raise ValueError(f"unknown benchmark {value!r}; valid benchmarks are {valid}") from None
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """One task of a stream, ready for training and evaluation.
+
+    Attributes:
+        index: the 0-based position in the stream.
+        name: for humans: ``"permutation 3"``, ``"digits 4/5"``, ``"rotation 36°"``.
+        train_inputs: float32 ``(N_train, 1, H, W)`` in [0, 1].
+        train_targets: int64 ``(N_train,)``, labelled as the stream's scenario says (module doc).
+        test_inputs: float32 ``(N_test, 1, H, W)`` in [0, 1].
+        test_targets: int64 ``(N_test,)``.
+        classes: the original data set's classes in this task; within-task label i is classes[i].
+    """
+
+    index: int
+    name: str
+    train_inputs: Tensor
+    train_targets: Tensor
+    test_inputs: Tensor
+    test_targets: Tensor
+    classes: tuple[int, ...]
+
+    def __repr__(self) -> str:
+        return (
+            f"Task({self.index}, {self.name!r}, train={self.train_inputs.shape[0]}, "
+            f"test={self.test_inputs.shape[0]}, classes={self.classes})"
+        )
+
+
+@dataclass(frozen=True)
+class HeadSelector:
+    """Task ``head``'s logits in a multi-head model's ``(N, heads, C)`` output: ``out[:, head]``."""
+
+    head: int
+
+    def __call__(self, output: Tensor) -> Tensor:
+        if not isinstance(output, Tensor) or output.dim() != 3 or output.shape[1] <= self.head:
+            raise ValueError(
+                f"head {self.head} needs the (N, heads, outputs) output of a model with more than "
+                f"{self.head} heads; got {_describe(output)}"
+            )
+        return output[:, self.head]
+
+
+@dataclass(frozen=True)
+class ColumnSelector:
+    """A task's logits in a shared output layer: the columns ``out[:, start:stop]`` (a view)."""
+
+    start: int
+    stop: int
+
+    def __call__(self, output: Tensor) -> Tensor:
+        if not isinstance(output, Tensor) or output.dim() != 2 or output.shape[1] < self.stop:
+            raise ValueError(
+                f"columns {self.start}..{self.stop - 1} need (N, outputs) logits with at least "
+                f"{self.stop} outputs; got {_describe(output)}"
+            )
+        return output[:, self.start : self.stop]
+
+
+@dataclass(frozen=True, eq=False)
+class TaskStream:
+    """A sequence of tasks and the model output they need; made by `ewc.benchmarks.build_stream`.
+
+    Attributes:
+        benchmark: how the tasks were made.
+        scenario: what the model is told at test time; sets the labels (module docstring).
+        dataset: the data set's name (``"mnist"``, …).
+        source: where the data came from, from :class:`~ewc.data.ImageDataset` (for reports).
+        is_subset: True when the data is not the official train/test split; results must say so.
+        tasks: the tasks, in training order.
+        num_outputs: the width of each model head.
+        heads: the number of heads the model needs: the number of tasks for task-IL with
+            ``multi_head=True`` and more than one task, else 1.
+    """
+
+    benchmark: Benchmark
+    scenario: Scenario
+    dataset: str
+    source: str
+    is_subset: bool
+    tasks: tuple[Task, ...]
+    num_outputs: int
+    heads: int
+
+    @property
+    def num_tasks(self) -> int:
+        """The number of tasks."""
+        return len(self.tasks)
+
+    def output_fn(self, task_index: int) -> OutputFn | None:
+        """What maps the model output to task ``task_index``'s logits; None: use it as is.
+
+        Several heads: ``out[:, t]``; task-IL with one head: the task's columns; domain- and
+        class-IL: None, since the model is not told the task.
+        """
+        if isinstance(task_index, bool) or not isinstance(task_index, int):
+            raise ValueError(f"task_index must be an integer; got {task_index!r}")
+        if not 0 <= task_index < self.num_tasks:
+            raise ValueError(f"task_index must be in [0, {self.num_tasks}); got {task_index}")
+        if self.heads > 1:
+            return HeadSelector(task_index)
+        if self.scenario is Scenario.TASK:
+            start = sum(len(task.classes) for task in self.tasks[:task_index])
+            return ColumnSelector(start, start + len(self.tasks[task_index].classes))
+        return None
+
+    def __repr__(self) -> str:
+        subset = ", subset" if self.is_subset else ""
+        return (
+            f"TaskStream({self.benchmark.value!r}, {self.scenario.value!r}, {self.dataset!r}"
+            f"{subset}, tasks={self.num_tasks}, num_outputs={self.num_outputs}, "
+            f"heads={self.heads})"
+        )
+
+
+def _describe(output: object) -> str:
+    if isinstance(output, Tensor):
+        return f"shape {tuple(output.shape)}"
+    return type(output).__name__
