@@ -5,11 +5,11 @@ with output gradient g (O × L), the weight gradient at kernel offset (a, b) is
 
     ∂ℓ/∂W[:, :, a, b] = g X_abᵀ        (X_ab: the I × L input window that offset (a, b) sees)
 
-so each offset is one (O × L)·(L × I) product per sample (per group). The rule forms these
-per-sample products with batched GEMMs offset by offset and squares and sums them at once, so the
-largest temporary is N × O × I/G; the windows are strided views of the padded input, copied once
-per batch and reused for every output-gradient vector (C of them for the exact Fisher). This
-moves less memory than unfolding all patches (im2col) and measured about twice as fast on CPU.
+The windows of all offsets, stacked, make one (L × kh·kw·I) matrix per sample, so a single batched
+GEMM gives every sample's weight gradient, which is squared and summed over the samples of a chunk
+at once. The windows are cut from the padded input by strided slices (cheaper on CPU than
+``F.unfold``'s im2col) once per batch, and reused for every output-gradient vector (C of them for
+the exact Fisher).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ewc.fisher.rules.base import PER_SAMPLE_BUDGET, Rule
 
 
 class ConvRule(Rule):
-    """Per-sample gradients of `nn.Conv1d` / `nn.Conv2d` weights, one kernel offset at a time."""
+    """Per-sample gradients of `nn.Conv1d` / `nn.Conv2d` weights from the stacked input windows."""
 
     def per_sample(
         self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
@@ -33,9 +33,8 @@ class ConvRule(Rule):
         module, g = call.module, grads[0].flatten(2)
         out = {}
         if "weight" in names:
-            windows = _windows(call, 0, g.shape[0])
-            offsets = [_offset_grads(g, window, module.groups) for window in windows]
-            out["weight"] = torch.stack(offsets, dim=-1).view(g.shape[0], *module.weight.shape)
+            products = _window_products(g, _windows(call, 0, g.shape[0]), module.groups)
+            out["weight"] = _as_weight(products, module.weight)
         if "bias" in names:
             out["bias"] = g.sum(-1)
         return out
@@ -46,26 +45,34 @@ class ConvRule(Rule):
         module, g = call.module, grads[0].flatten(2)
         out = {}
         if "weight" in names:
-            weight = module.weight
-            squares = g.new_zeros(weight.shape[0], weight.shape[1], weight[0, 0].numel())
+            squares = None
             for start, stop in _chunks(module, g.shape[0], g.shape[-1]):
-                windows = _windows(call, start, stop)
-                for offset, window in enumerate(windows):
-                    per_sample = _offset_grads(g[start:stop], window, module.groups)
-                    squares[:, :, offset] += per_sample.square().sum(0)
-            out["weight"] = squares.view_as(weight)
+                products = _window_products(
+                    g[start:stop], _windows(call, start, stop), module.groups
+                )
+                part = products.square_().sum(0)
+                squares = part if squares is None else squares.add_(part)
+            out["weight"] = _as_weight(squares, module.weight)
         if "bias" in names:
             out["bias"] = g.sum(-1).square().sum(0)
         return out
 
 
-def _offset_grads(g: Tensor, window: Tensor, groups: int) -> Tensor:
-    """Per-sample g Xᵀ for one kernel offset: (n, O, L) × (n, G, I/G, L) → (n, O, I/G)."""
-    n, o, length = g.shape
+def _window_products(g: Tensor, windows: Tensor, groups: int) -> Tensor:
+    """Per-sample g Xᵀ for all kernel offsets at once: (n, O, L), (n, G, J/G, L) → (n, O, J/G)."""
     if groups == 1:
-        return torch.bmm(g, window[:, 0].transpose(1, 2))
-    g = g.view(n, groups, o // groups, length)
-    return torch.einsum("ngol,ngil->ngoi", g, window).reshape(n, o, -1)
+        return torch.bmm(g, windows[:, 0].transpose(1, 2))
+    n, o, length = g.shape
+    grouped = torch.einsum("ngol,ngjl->ngoj", g.view(n, groups, o // groups, length), windows)
+    return grouped.reshape(n, o, -1)
+
+
+def _as_weight(products: Tensor, weight: Tensor) -> Tensor:
+    """(..., O, offsets · I/G), offset-major, → (..., O, I/G, kh[, kw]) as the weight's layout."""
+    lead = products.shape[:-2]
+    offsets = weight[0, 0].numel()
+    per_offset = products.reshape(*lead, weight.shape[0], offsets, weight.shape[1])
+    return per_offset.transpose(-1, -2).reshape(*lead, *weight.shape)
 
 
 def _chunks(module: nn.Conv1d | nn.Conv2d, size: int, locations: int) -> list[tuple[int, int]]:
@@ -75,14 +82,16 @@ def _chunks(module: nn.Conv1d | nn.Conv2d, size: int, locations: int) -> list[tu
     return [(start, min(size, start + step)) for start in range(0, size, step)]
 
 
-def _windows(call: ModuleCall, start: int, stop: int) -> list[Tensor]:
-    """The (n, G, I/G, L) input windows of every kernel offset, cached per sample range."""
+def _windows(call: ModuleCall, start: int, stop: int) -> Tensor:
+    """The input windows of every kernel offset, stacked offset-major as (n, G, offsets · I/G, L);
+    cached per sample range, so the C vectors of the exact Fisher share them."""
     key = ("windows", start, stop)
     if key not in call.cache:
         module = call.module
         views = _window_views(module, _padded(module, call.input[start:stop]))
         n, i = views[0].shape[:2]
-        call.cache[key] = [v.reshape(n, module.groups, i // module.groups, -1) for v in views]
+        grouped = [v.reshape(n, module.groups, i // module.groups, -1) for v in views]
+        call.cache[key] = torch.cat(grouped, dim=2)
     return call.cache[key]
 
 
