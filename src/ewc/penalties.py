@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from ewc.fisher import DiagonalFisher
 
@@ -117,13 +118,20 @@ class QuadraticPenalty:
         )
 
     def penalty(self) -> Tensor:
-        """The penalty's value at the model's current parameters, differentiable in them."""
+        """The penalty's value at the model's current parameters, differentiable in them.
+
+        The gradient λ Ω (θ − θ̄) is formed with the value, in a few fused element-wise passes, and
+        handed to autograd as is: a call costs the same for any number of consolidated tasks and
+        builds no per-element graph (so it supports one backward, not double backward).
+        """
         if not self._params:
             return torch.zeros(())
-        total = self._constant.to(next(iter(self._anchor.values())))
-        for name, param in self._params.items():
-            total = total + (self._importance[name] * (param - self._anchor[name]).square()).sum()
-        return 0.5 * self.strength * total
+        params = list(self._params.values())
+        with torch.no_grad():
+            value, gradients = self._value_and_gradient(params)
+        if not torch.is_grad_enabled() or not any(p.requires_grad for p in params):
+            return value
+        return _KnownGradient.apply(value, gradients, *params)
 
     __call__ = penalty
 
@@ -131,23 +139,31 @@ class QuadraticPenalty:
     def add_gradient_(self) -> Tensor:
         """Add the penalty's gradient λ Ω (θ − θ̄) straight into each parameter's ``.grad``.
 
-        Equivalent to ``penalty().backward()`` after the task loss's backward, without building a
-        graph: a few fused element-wise passes. Returns the penalty's (detached) value.
+        Equivalent to ``penalty().backward()`` after the task loss's backward, without going
+        through autograd at all. Returns the penalty's (detached) value.
         """
         if not self._params:
             return torch.zeros(())
         params = list(self._params.values())
-        diffs = torch._foreach_sub(params, [self._anchor[n] for n in self._params])
-        weighted = torch._foreach_mul(diffs, [self._importance[n] for n in self._params])
-        for param, grad in zip(params, weighted, strict=True):
+        value, gradients = self._value_and_gradient(params)
+        for param, gradient in zip(params, gradients, strict=True):
             if param.grad is None:
-                param.grad = grad * self.strength
+                param.grad = gradient
             else:
-                param.grad.add_(grad, alpha=self.strength)
+                param.grad.add_(gradient)
+        return value
+
+    def _value_and_gradient(self, params: list[nn.Parameter]) -> tuple[Tensor, list[Tensor]]:
+        """(λ/2)(Σ Ω (θ − θ̄)² + c) and λ Ω (θ − θ̄), per parameter, with fused list ops."""
+        names = list(self._params)
+        differences = torch._foreach_sub(params, [self._anchor[n] for n in names])
+        weighted = torch._foreach_mul(differences, [self._importance[n] for n in names])
         squares = sum(
-            torch.dot(w.flatten(), d.flatten()) for w, d in zip(weighted, diffs, strict=True)
+            torch.dot(w.flatten(), d.flatten()) for w, d in zip(weighted, differences, strict=True)
         )
-        return 0.5 * self.strength * (squares + self._constant.to(squares))
+        value = 0.5 * self.strength * (squares + self._constant.to(squares))
+        torch._foreach_mul_(weighted, self.strength)
+        return value, weighted
 
     def _consolidate(self, importance: Mapping[str, Tensor], kind: str | None) -> None:
         """Add one task's term: importance F at the model's current parameters θ*."""
@@ -233,6 +249,25 @@ class QuadraticPenalty:
         self._importance = {n: t.to(*args, **kwargs) for n, t in self._importance.items()}
         self._anchor = {n: t.to(*args, **kwargs) for n, t in self._anchor.items()}
         return self
+
+
+class _KnownGradient(torch.autograd.Function):
+    """Hands autograd a value whose gradient in ``params`` was already computed."""
+
+    @staticmethod
+    def forward(ctx: Any, value: Tensor, gradients: list[Tensor], *params: Tensor) -> Tensor:
+        ctx.gradients = gradients
+        return value.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        gradients = getattr(ctx, "gradients", None)
+        if gradients is None:
+            raise RuntimeError("a penalty value supports one backward pass; call the penalty again")
+        del ctx.gradients  # released as soon as it is used
+        torch._foreach_mul_(gradients, grad_output)
+        return (None, None, *gradients)
 
 
 class EWC(QuadraticPenalty):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,13 @@ from ewc.modes import evaluation_mode
 
 OutputFn = Callable[[Any], Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class StepLoss(NamedTuple):
+    """The loss of one training step: the total, and the penalty's part of it (None without one)."""
+
+    total: float
+    penalty: float | None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -55,20 +62,46 @@ def train_epoch(
     model.train()
     total, batches = 0.0, 0
     for batch in iterate_batches(loader, device=device):
-        logits = model_logits(model, batch, output_fn)
-        if loss_fn is F.cross_entropy:
-            check_class_targets(batch.targets, logits.shape[1], batch)
-        task_loss = loss_fn(logits, batch.targets)
-        extra = penalty() if penalty is not None else None
-        loss = task_loss if extra is None else task_loss + extra
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise NonFiniteLossError(_describe_non_finite(batch, task_loss, extra))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total, batches = total + value, batches + 1
+        step = train_step(
+            model, batch, optimizer, penalty=penalty, loss_fn=loss_fn, output_fn=output_fn
+        )
+        total += step.total
+        batches += 1
     return total / max(batches, 1)
+
+
+def train_step(
+    model: nn.Module,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    *,
+    penalty: Callable[[], Tensor] | None = None,
+    loss_fn: LossFn = F.cross_entropy,
+    output_fn: OutputFn | None = None,
+) -> StepLoss:
+    """One optimizer step on one batch (already on the model's device).
+
+    A penalty with an ``add_gradient_()`` method (`ewc.EWC`, `ewc.L2`) adds its gradient straight
+    into ``.grad`` after the task loss's backward: the same update as
+    ``(loss + penalty()).backward()`` for less work. The step is taken only when the total loss
+    is finite; otherwise `NonFiniteLossError` names the batch.
+    """
+    logits = model_logits(model, batch, output_fn)
+    if loss_fn is F.cross_entropy:
+        check_class_targets(batch.targets, logits.shape[1], batch)
+    task_loss = loss_fn(logits, batch.targets)
+    optimizer.zero_grad(set_to_none=True)
+    if penalty is not None and hasattr(penalty, "add_gradient_"):
+        task_loss.backward()
+        extra = penalty.add_gradient_()
+    else:
+        extra = penalty() if penalty is not None else None
+        (task_loss if extra is None else task_loss + extra).backward()
+    total = float(task_loss.detach()) + (0.0 if extra is None else float(extra.detach()))
+    if not math.isfinite(total):
+        raise NonFiniteLossError(_describe_non_finite(batch, task_loss, extra))
+    optimizer.step()
+    return StepLoss(total, None if extra is None else float(extra.detach()))
 
 
 @torch.no_grad()
