@@ -1,0 +1,240 @@
+"""What the report says, as blocks: summary, warnings, metrics, figures, matrices, notes, setup."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ewc.report.aggregate import mean_matrix
+from ewc.report.blocks import (
+    Block,
+    Bullets,
+    Callout,
+    Code,
+    Document,
+    Figure,
+    Heading,
+    Paragraph,
+    Preformatted,
+    Strong,
+    Table,
+)
+from ewc.report.conventions import conventions_section
+from ewc.report.rows import finite
+from ewc.report.run import Run
+from ewc.report.text import (
+    MISSING,
+    dataset_name,
+    hyperparameters,
+    metric_text,
+    number,
+    percent,
+    plural,
+    row_label,
+    scenario_name,
+    section,
+    strategy_settings,
+)
+
+METRICS = ("ACC", "BWT", "FWT", "forgetting")
+
+CAPTIONS = {
+    "curves": (
+        "Training curves, one panel per strategy. x: optimizer steps since the strategy started; "
+        "y: test accuracy on each task, one colour per task in every panel. Dashed lines mark "
+        "the end of each task and the labels above name the task trained in between. As in "
+        "Kirkpatrick et al. (2017, Fig. 2A), a task's curve starts where its training starts "
+        "(its first point is the accuracy just before). A curve that drops once its task is "
+        "over is forgetting: a penalty that works keeps the earlier curves high while the new "
+        "ones rise."
+    ),
+    "matrices": (
+        "Accuracy matrices R, seed means in %. Row 'after i': the model after training task i "
+        "('untrained': before any training); column j: test accuracy on task j. Outlined cells "
+        "are R[j, j], each task just after its training: lower values below them are forgetting; "
+        "values to their right (tasks not trained yet) against the 'untrained' row are forward "
+        "transfer."
+    ),
+    "final_accuracy": (
+        "Test accuracy on each task after the last task (the last row of R) per strategy, and "
+        "ACC, their average, from summary.json."
+    ),
+}
+
+
+def build_document(run: Run, figures: Mapping[str, str]) -> Document:
+    """The whole report; ``figures`` maps curves / matrices / final_accuracy to relative paths."""
+    blocks: list[Block] = [*_callouts(run), Paragraph(_summary(run)), *_tasks(run)]
+    blocks += _metrics_section(run)
+    blocks += _figures_section(run, figures)
+    blocks += _matrices_section(run)
+    blocks += _notes_section(run)
+    blocks += conventions_section(run)
+    blocks += _setup_section(run)
+    return Document(_title(run), tuple(blocks))
+
+
+def _title(run: Run) -> str:
+    benchmark = section(run.config, "benchmark")
+    name = f"{benchmark.get('name', 'continual-learning')} {_dataset(run)}"
+    scenario = scenario_name(benchmark.get("scenario", "unknown scenario"))
+    return f"EWC run report: {name}, {run.num_tasks} tasks, {scenario}"
+
+
+def _dataset(run: Run) -> str:
+    benchmark = section(run.config, "benchmark")
+    dataset = section(run.header, "data").get("dataset") or benchmark.get("dataset", "unknown")
+    return dataset_name(dataset)
+
+
+def _summary(run: Run) -> tuple[Any, ...]:
+    """One paragraph: strategies, benchmark, data set, scenario, seeds, model, training."""
+    benchmark, model = section(run.config, "benchmark"), section(run.config, "model")
+    seeds = ", ".join(str(s) for s in run.seeds) or MISSING
+    parts: list[Any] = [
+        f"{plural(len(run.strategies), 'strategy')} ({', '.join(run.strategies) or MISSING}) "
+        f"trained on the {run.num_tasks} tasks of the {benchmark.get('name', '?')} benchmark "
+        "built from ",
+        Strong(_dataset(run)),
+        ", in the ",
+        Strong(scenario_name(benchmark.get("scenario", "unknown"))),
+        f" scenario, with {plural(len(run.seeds), 'seed')} ({seeds}). "
+        f"Model: {model.get('name', '?')} ({_settings(model, skip='name') or 'defaults'}). "
+        f"Training: {_settings(section(run.config, 'training')) or MISSING}.",
+        _sample_caps(benchmark),
+    ]
+    wall = finite((run.summary or {}).get("wall_time_s"))
+    if wall is not None:
+        parts.append(f" Wall time: {wall:,.1f} s.")
+    return tuple(parts)
+
+
+def _settings(values: Mapping[str, Any], skip: str = "") -> str:
+    """``key value`` pairs; unset (null) ones are left to the full config below."""
+    shown = {key: value for key, value in values.items() if key != skip and value is not None}
+    return ", ".join(f"{key} {number(value)}" for key, value in shown.items())
+
+
+def _sample_caps(benchmark: Mapping[str, Any]) -> str:
+    """A sentence on the per-task sample limits, which make any data set a subset."""
+    caps = [
+        f"{number(benchmark[key])} {kind}"
+        for key, kind in (("train_samples", "training"), ("test_samples", "test"))
+        if isinstance(benchmark.get(key), int)
+    ]
+    return f" Each task keeps at most {' and '.join(caps)} samples." if caps else ""
+
+
+def _tasks(run: Run) -> list[Block]:
+    items = tuple((f"task {k}: {name}",) for k, name in enumerate(run.tasks, start=1))
+    return [Paragraph(("Tasks, in training order:",)), Bullets(items)] if items else []
+
+
+def _callouts(run: Run) -> list[Block]:
+    blocks: list[Block] = []
+    data = section(run.header, "data")
+    if data.get("is_subset") is True:
+        text = (
+            f"Data: {data.get('source', 'source not recorded')}. This is a subset, not the "
+            "official training set: results are not comparable to numbers published on the full "
+            f"{_dataset(run)} data set."
+        )
+        blocks.append(Callout("Subset of the data", ((text,),)))
+    elif data.get("source"):
+        blocks.append(Paragraph((f"Data: {data['source']}.",)))  # the full data set: no warning
+    if run.problems:
+        items = tuple((problem,) for problem in run.problems)
+        blocks.append(Callout("Incomplete run: what is missing", items))
+    return blocks
+
+
+def _metrics_section(run: Run) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Results")]
+    if run.summary is None:
+        blocks.append(Paragraph(("No metrics yet: summary.json is written when the run ends.",)))
+        return blocks
+    metrics = section(run.summary, "strategies")
+    rows = []
+    for strategy in run.strategies:
+        values = section(metrics, strategy)
+        seeds = _seed_count(values)
+        rows.append((strategy, *(metric_text(values.get(m)) for m in METRICS), seeds))
+    caption = (
+        "After the last task, in %: mean ± standard error of the mean over seeds (no ± with one "
+        "seed), from summary.json. Higher is better for ACC, BWT and FWT, lower for forgetting; "
+        "definitions under Conventions.",
+    )
+    return [*blocks, Table(("Strategy", *METRICS, "Seeds"), tuple(rows), caption)]
+
+
+def _seed_count(values: Mapping[str, Any]) -> str:
+    acc = values.get("ACC")
+    seeds = acc.get("values") if isinstance(acc, dict) else None
+    return str(len(seeds)) if isinstance(seeds, list) else MISSING
+
+
+def _figures_section(run: Run, figures: Mapping[str, str]) -> list[Block]:
+    several = len(run.seeds) > 1
+    spread = (
+        f" Lines and bars are means over {len(run.seeds)} seeds; bands and error bars ± 1 SEM."
+        if several
+        else " One seed: no error bands."
+    )
+    alts = {
+        "curves": "Test accuracy of each task along training, one panel per strategy",
+        "matrices": "Accuracy matrix heatmaps, one per strategy",
+        "final_accuracy": "Bar chart of the final accuracy per task and of ACC, per strategy",
+    }
+    blocks: list[Block] = [Heading(2, "Figures")]
+    for key in ("curves", "matrices", "final_accuracy"):
+        if key in figures:
+            caption = CAPTIONS[key] + (spread if key != "matrices" else "")
+            blocks.append(Figure(figures[key], alts[key], (caption,)))
+    return blocks
+
+
+def _matrices_section(run: Run) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Accuracy matrices")]
+    header = ("After \\ test on", *(f"task {j}" for j in range(1, run.num_tasks + 1)))
+    for strategy in run.strategies:
+        matrix = mean_matrix(run, strategy)
+        rows = tuple((row_label(i), *(percent(v) for v in row)) for i, row in enumerate(matrix))
+        seeds = len(run.seed_runs(strategy))
+        caption = (
+            f"Settings: {hyperparameters(strategy_settings(run.config, strategy))}. R in %, mean "
+            f"over {plural(seeds, 'seed')}; —: not measured yet.",
+        )
+        blocks += [Heading(3, strategy), Table(header, rows, caption)]
+    return blocks
+
+
+def _notes_section(run: Run) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Notes from the runner")]
+    if not run.notes:
+        return [*blocks, Paragraph(("The runner recorded no notes.",))]
+    items = []
+    for note in run.notes:
+        where = " · ".join(
+            part
+            for part in (
+                f"seed {note.seed}" if note.seed is not None else "",
+                note.strategy or "",
+            )
+            if part
+        )
+        items.append((Strong(where), ": " + note.message) if where else (note.message,))
+    return [*blocks, Bullets(tuple(items))]
+
+
+def _setup_section(run: Run) -> list[Block]:
+    versions = section(run.header, "versions")
+    rows = tuple((str(name), str(version)) for name, version in versions.items())
+    config_hash = run.header.get("config_hash")
+    return [
+        Heading(2, "Reproducibility"),
+        Table(("Package", "Version"), rows),
+        Paragraph(("Config hash (SHA-256): ", Code(str(config_hash or MISSING)))),
+        Paragraph(("Run directory: ", Code(run.directory.name), ". The resolved config:")),
+        Preformatted(json.dumps(run.config, indent=2, ensure_ascii=False), "json"),
+    ]
