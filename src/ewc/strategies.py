@@ -1,0 +1,207 @@
+"""Continual-learning strategies: the penalty used while training a task, and what follows it.
+
+A strategy is any object with ``penalty()``, ``after_task(context)``, ``state_dict()`` and
+``load_state_dict(state)``; the runner calls nothing else, so a new strategy plugs in by adding a
+factory to the mapping the runner is given (`BUILTIN_STRATEGIES` by default), without touching the
+runner. Built-ins:
+
+- ``finetune``: no penalty (the classic ``normal_train``; the lower bound).
+- ``l2``: (λ/2) Σ_t ‖θ − θ*_t‖² (Kirkpatrick et al. 2017's L2 baseline).
+- ``ewc``: (λ/2) Σ_t Σ_i F_t,i (θ_i − θ*_t,i)², one term per task (Kirkpatrick et al. 2017).
+- ``online-ewc``: one running Fisher F ← γ F + F_t at the latest anchor (Schwarz et al. 2018).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from ewc.config import ConfigError, build_dataclass
+from ewc.fisher import FisherKind, diagonal_fisher
+from ewc.penalties import EWC, L2, QuadraticPenalty
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a strategy may use after a task: the model, that task's data, and the training setup."""
+
+    model: nn.Module
+    task: int  # 0-based index of the task just trained
+    train_batches: Iterable[Any]  # the task's training data, in (inputs, targets) batches
+    output_fn: Callable[[Any], Tensor] | None  # the task's logits (its head in multi-head models)
+    generator: torch.Generator  # for any sampling the strategy does
+    optimizer: str  # "adam" or "sgd"
+    lr: float
+
+
+class Strategy(Protocol):
+    """The four calls the runner makes."""
+
+    def penalty(self) -> Callable[[], Tensor] | None:
+        """The term added to the task loss while training, or None."""
+
+    def after_task(self, context: TaskContext) -> list[str]:
+        """Consolidate what the task taught; return notes worth reporting (may be empty)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The strategy's state, for checkpoints."""
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a `state_dict()`."""
+
+
+StrategyFactory = Callable[[nn.Module, Mapping[str, Any]], Strategy]
+
+
+class Finetune:
+    """Plain training on each task in turn: no penalty, nothing kept."""
+
+    def penalty(self) -> None:
+        return None
+
+    def after_task(self, context: TaskContext) -> list[str]:
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class L2Settings:
+    """Hyper-parameters of ``l2``."""
+
+    strength: float = 1.0  # λ
+
+
+@dataclass(frozen=True)
+class EWCSettings:
+    """Hyper-parameters of ``ewc`` and ``online-ewc``."""
+
+    strength: float = 100.0  # λ; the penalty is (λ/2) Σ F (θ − θ*)²
+    fisher: str = "exact"  # exact | sample | empirical | argmax | batched (ewc.FisherKind)
+    fisher_samples: int | None = None  # inputs for the Fisher; None: the task's whole training set
+    samples_per_input: int = 1  # labels drawn per input for fisher = "sample"
+    gamma: float = 1.0  # online decay; only for online-ewc
+
+
+class PenaltyStrategy:
+    """A strategy built on a quadratic penalty: train with it, consolidate after each task."""
+
+    def __init__(self, penalty: QuadraticPenalty, settings: EWCSettings | None = None):
+        self._penalty = penalty
+        self.settings = settings
+
+    def penalty(self) -> QuadraticPenalty:
+        return self._penalty
+
+    def after_task(self, context: TaskContext) -> list[str]:
+        if self.settings is None:
+            self._penalty.consolidate()
+        else:
+            self._penalty.consolidate(self._fisher(context))
+        return _sgd_stability_notes(self._penalty, context)
+
+    def _fisher(self, context: TaskContext) -> Any:
+        s = self.settings
+        return diagonal_fisher(
+            context.model,
+            context.train_batches,
+            s.fisher,
+            num_samples=s.fisher_samples,
+            samples_per_input=s.samples_per_input,
+            output_fn=context.output_fn,
+            generator=context.generator,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._penalty.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._penalty.load_state_dict(state)
+
+
+def _sgd_stability_notes(penalty: QuadraticPenalty, context: TaskContext) -> list[str]:
+    """Warn when plain SGD on the penalty alone would diverge.
+
+    Gradient descent on (λ/2) Ω θ² multiplies the distance to the anchor by (1 − lr λ Ω) per step,
+    so it oscillates and diverges once lr · λ · max Ω ≥ 2.
+    """
+    if context.optimizer != "sgd" or not penalty.importance:
+        return []
+    largest = max(float(v.max()) for v in penalty.importance.values())
+    product = context.lr * penalty.strength * largest
+    if product < 2:
+        return []
+    return [
+        f"after task {context.task + 1}: lr × strength × max Fisher = {context.lr:g} × "
+        f"{penalty.strength:g} × {largest:.3g} = {product:.3g} ≥ 2, so plain SGD on the penalty "
+        "diverges along the most important weights; use adam, or make lr × strength smaller than "
+        f"{2 / largest:.3g}"
+    ]
+
+
+def make_finetune(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
+    build_dataclass(_NoSettings, params, "finetune.")
+    return Finetune()
+
+
+def make_l2(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
+    settings = build_dataclass(L2Settings, params, "l2.")
+    return PenaltyStrategy(L2(model, strength=settings.strength))
+
+
+def make_ewc(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
+    settings = _ewc_settings(params, "ewc.")
+    if settings.gamma != 1.0:
+        raise ConfigError("ewc.gamma applies to online-ewc only; separate EWC keeps every task")
+    return PenaltyStrategy(EWC(model, strength=settings.strength), settings)
+
+
+def make_online_ewc(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
+    settings = _ewc_settings(params, "online-ewc.")
+    penalty = EWC(model, strength=settings.strength, mode="online", gamma=settings.gamma)
+    return PenaltyStrategy(penalty, settings)
+
+
+def _ewc_settings(params: Mapping[str, Any], prefix: str) -> EWCSettings:
+    settings = build_dataclass(EWCSettings, params, prefix)
+    try:
+        FisherKind.parse(settings.fisher)
+    except ValueError as error:
+        raise ConfigError(f"{prefix}fisher: {error}") from None
+    return settings
+
+
+@dataclass(frozen=True)
+class _NoSettings:
+    """``finetune`` takes no hyper-parameters."""
+
+
+BUILTIN_STRATEGIES: dict[str, StrategyFactory] = {
+    "finetune": make_finetune,
+    "l2": make_l2,
+    "ewc": make_ewc,
+    "online-ewc": make_online_ewc,
+}
+
+
+def build_strategy(
+    name: str,
+    params: Mapping[str, Any],
+    model: nn.Module,
+    factories: Mapping[str, StrategyFactory] = BUILTIN_STRATEGIES,
+) -> Strategy:
+    """Build strategy ``name`` from its config table; ``type`` picks the factory (default: name)."""
+    params = dict(params)
+    kind = params.pop("type", name)
+    if kind not in factories:
+        valid = ", ".join(repr(k) for k in factories)
+        raise ConfigError(f"strategy {name!r} has unknown type {kind!r}; valid types are {valid}")
+    return factories[kind](model, params)
