@@ -23,29 +23,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from enum import Enum
 from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
 
+from ewc.choices import Choice
 
-class ModelName(str, Enum):
+
+class ModelName(Choice):
     """The models :func:`build_model` knows."""
+
+    __noun__ = ("model", "names")
 
     MLP = "mlp"
     CNN = "cnn"
-
-    @classmethod
-    def parse(cls, name: ModelName | str) -> ModelName:
-        """The model named ``name``; raise ValueError listing the valid names otherwise."""
-        if isinstance(name, cls):
-            return name
-        try:
-            return cls(name)
-        except ValueError:
-            valid = ", ".join(repr(m.value) for m in cls)
-            raise ValueError(f"unknown model {name!r}; valid names are {valid}") from None
 
 
 class MultiHead(nn.ModuleList):

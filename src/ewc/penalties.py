@@ -23,30 +23,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from enum import Enum
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from ewc.choices import Choice
 from ewc.fisher import DiagonalFisher
 
 
-class PenaltyMode(str, Enum):
+class PenaltyMode(Choice):
     """How the terms of several consolidated tasks combine (see the module docstring)."""
+
+    __noun__ = ("penalty mode", "modes")
 
     SEPARATE = "separate"
     ONLINE = "online"
-
-    @classmethod
-    def parse(cls, mode: PenaltyMode | str) -> PenaltyMode:
-        """Return the mode named by ``mode``; raise ValueError listing the valid names otherwise."""
-        try:
-            return cls(mode)
-        except ValueError:
-            valid = ", ".join(repr(m.value) for m in cls)
-            raise ValueError(f"unknown penalty mode {mode!r}; valid modes are {valid}") from None
 
 
 class QuadraticPenalty:

@@ -33,15 +33,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 
 from torch import Tensor
+
+from ewc.choices import Choice
 
 OutputFn = Callable[[Tensor], Tensor]
 
 
-class Scenario(str, Enum):
+class Scenario(Choice):
     """What the model is told at test time (van de Ven & Tolias 2019); see the module docstring."""
+
+    __noun__ = ("scenario", "scenarios")
 
     TASK = "task"
     DOMAIN = "domain"
@@ -52,35 +55,15 @@ class Scenario(str, Enum):
         """``"task-incremental"``, ``"domain-incremental"`` or ``"class-incremental"``."""
         return f"{self.value}-incremental"
 
-    @classmethod
-    def parse(cls, value: Scenario | str) -> Scenario:
-        """The scenario named ``value``; raise ValueError listing the valid names otherwise."""
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(value)
-        except ValueError:
-            valid = ", ".join(repr(s.value) for s in cls)
-            raise ValueError(f"unknown scenario {value!r}; valid scenarios are {valid}") from None
 
-
-class Benchmark(str, Enum):
+class Benchmark(Choice):
     """How a data set becomes a sequence of tasks (see :mod:`ewc.benchmarks`)."""
+
+    __noun__ = ("benchmark", "benchmarks")
 
     PERMUTED = "permuted"
     SPLIT = "split"
     ROTATED = "rotated"
-
-    @classmethod
-    def parse(cls, value: Benchmark | str) -> Benchmark:
-        """The benchmark named ``value``; raise ValueError listing the valid names otherwise."""
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(value)
-        except ValueError:
-            valid = ", ".join(repr(b.value) for b in cls)
-            raise ValueError(f"unknown benchmark {value!r}; valid benchmarks are {valid}") from None
 
 
 @dataclass(frozen=True, eq=False)

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
 from types import MappingProxyType
+
+from ewc.choices import Choice
 
 IDX_FILES: tuple[str, ...] = (
     "train-images-idx3-ubyte",
@@ -31,23 +32,14 @@ IDX_FILES: tuple[str, ...] = (
 test images, test labels."""
 
 
-class DatasetName(str, Enum):
+class DatasetName(Choice):
     """The data sets that :func:`ewc.data.load_dataset` and :func:`ewc.data.download` know."""
+
+    __noun__ = ("data set", "names")
 
     MNIST = "mnist"
     FASHION_MNIST = "fashion-mnist"
     KMNIST = "kmnist"
-
-    @classmethod
-    def parse(cls, name: DatasetName | str) -> DatasetName:
-        """The data set named ``name``; raise ValueError listing the valid names otherwise."""
-        if isinstance(name, cls):
-            return name
-        try:
-            return cls(name)
-        except ValueError:
-            valid = ", ".join(repr(n.value) for n in cls)
-            raise ValueError(f"unknown data set {name!r}; valid names are {valid}") from None
 
 
 @dataclass(frozen=True)

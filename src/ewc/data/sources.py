@@ -23,9 +23,9 @@ set, :class:`DatasetNotFoundError` lists every place tried.
 from __future__ import annotations
 
 import os
-from enum import Enum
 from pathlib import Path
 
+from ewc.choices import Choice
 from ewc.data.cache import dataset_cache_dir
 from ewc.data.catalog import DatasetName, DatasetSpec, get_spec
 from ewc.data.checksums import Checksums
@@ -38,25 +38,16 @@ DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's package ``dataset-fashion-mnist`` installs the four ``.gz`` files."""
 
 
-class Source(str, Enum):
+class Source(Choice):
     """Where :func:`load_dataset` looks for a data set (see the module docstring)."""
+
+    __noun__ = ("data source", "sources")
 
     AUTO = "auto"
     DIR = "dir"
     CACHE = "cache"
     DEBIAN = "debian"
     EMBEDDED = "embedded"
-
-    @classmethod
-    def parse(cls, source: Source | str) -> Source:
-        """The source named ``source``; raise ValueError listing the valid names otherwise."""
-        if isinstance(source, cls):
-            return source
-        try:
-            return cls(source)
-        except ValueError:
-            valid = ", ".join(repr(s.value) for s in cls)
-            raise ValueError(f"unknown data source {source!r}; valid sources are {valid}") from None
 
 
 _AUTO_ORDER = (Source.DIR, Source.CACHE, Source.DEBIAN, Source.EMBEDDED)

@@ -17,28 +17,19 @@ entry for parameter θ_i is (shared/REFERENCES.md §2):
 
 from __future__ import annotations
 
-from enum import Enum
+from ewc.choices import Choice
 
 
-class FisherKind(str, Enum):
+class FisherKind(Choice):
     """Which diagonal Fisher an estimate is; the formulas are in this module's docstring."""
+
+    __noun__ = ("Fisher kind", "kinds")
 
     EXACT = "exact"
     SAMPLE = "sample"
     EMPIRICAL = "empirical"
     ARGMAX = "argmax"
     BATCHED = "batched"
-
-    @classmethod
-    def parse(cls, kind: FisherKind | str) -> FisherKind:
-        """Return the kind named by ``kind``; raise ValueError listing the valid names otherwise."""
-        if isinstance(kind, cls):
-            return kind
-        try:
-            return cls(kind)
-        except ValueError:
-            valid = ", ".join(repr(k.value) for k in cls)
-            raise ValueError(f"unknown Fisher kind {kind!r}; valid kinds are {valid}") from None
 
     @property
     def per_sample(self) -> bool:

@@ -1,0 +1,27 @@
+"""String options as enums: a member or its string value is accepted, anything else is an error
+that lists the valid values (``unknown Fisher kind 'fisher'; valid kinds are 'exact', ...``)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TypeVar
+
+_C = TypeVar("_C", bound="Choice")
+
+
+class Choice(str, Enum):
+    """Base of the option enums. ``__noun__`` names the option in errors: (singular, plural)."""
+
+    __noun__: tuple[str, str] = ("value", "values")
+
+    @classmethod
+    def parse(cls: type[_C], value: object) -> _C:
+        """The member named by ``value``; raise ValueError listing the valid values otherwise."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            singular, plural = cls.__noun__
+            valid = ", ".join(repr(member.value) for member in cls)
+            raise ValueError(f"unknown {singular} {value!r}; valid {plural} are {valid}") from None
