@@ -87,11 +87,9 @@ def _windows(call: ModuleCall, start: int, stop: int) -> Tensor:
     cached per sample range, so the C vectors of the exact Fisher share them."""
     key = ("windows", start, stop)
     if key not in call.cache:
-        module = call.module
-        views = _window_views(module, _padded(module, call.input[start:stop]))
-        n, i = views[0].shape[:2]
-        grouped = [v.reshape(n, module.groups, i // module.groups, -1) for v in views]
-        call.cache[key] = torch.cat(grouped, dim=2)
+        call.cache[key] = _stacked_windows(
+            call.module, _padded(call.module, call.input[start:stop])
+        )
     return call.cache[key]
 
 
@@ -104,23 +102,36 @@ def _padded(module: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
     return x.unsqueeze(2) if isinstance(module, nn.Conv1d) else x
 
 
-def _window_views(module: nn.Conv1d | nn.Conv2d, x: Tensor) -> list[Tensor]:
-    """Strided views (N, I, H_out, W_out) of the padded input, one per kernel offset."""
+def _stacked_windows(module: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
+    """(n, G, kh·kw·I/G, L) from the padded (n, I, H, W) input, copied once from one strided view.
+
+    Window (a, b) starts at row a·dilation, column b·dilation and steps by the stride, so all of
+    them are one view of x with the offsets as extra dimensions of stride ``dilation · x.stride``.
+    """
     kernel, dilation, stride = (
         _two_d(module.kernel_size),
         _two_d(module.dilation),
         _two_d(module.stride),
     )
-    height = (x.shape[2] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
-    width = (x.shape[3] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
-    views = []
-    for a in range(kernel[0]):
-        for b in range(kernel[1]):
-            top, left = a * dilation[0], b * dilation[1]
-            rows = slice(top, top + stride[0] * (height - 1) + 1, stride[0])
-            cols = slice(left, left + stride[1] * (width - 1) + 1, stride[1])
-            views.append(x[:, :, rows, cols])
-    return views
+    x = x.contiguous()
+    n, channels, rows, cols = x.shape
+    height = (rows - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    width = (cols - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    s_n, s_c, s_h, s_w = x.stride()
+    groups = module.groups
+    view = x.as_strided(
+        (n, groups, kernel[0], kernel[1], channels // groups, height, width),
+        (
+            s_n,
+            s_c * (channels // groups),
+            s_h * dilation[0],
+            s_w * dilation[1],
+            s_c,
+            s_h * stride[0],
+            s_w * stride[1],
+        ),
+    )
+    return view.reshape(n, groups, -1, height * width)
 
 
 def _two_d(values: tuple[int, ...]) -> tuple[int, int]:
