@@ -97,6 +97,15 @@ def test_bad_input_exits_with_a_message(tmp_path, capsys, arguments, message):
     assert message in capsys.readouterr().err
 
 
+def test_data_dir_names_the_folder_it_searched(tmp_path, capsys):
+    empty = tmp_path / "idx files"
+    empty.mkdir()
+    assert main(["run", "--out", str(tmp_path / "run"), "--data-dir", str(empty), *TINY]) == 2
+    error = capsys.readouterr().err
+    assert "was not found" in error
+    assert str(empty) in error
+
+
 def test_an_existing_directory_is_never_overwritten(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()

@@ -28,11 +28,12 @@ def test_the_default_is_the_embedded_permuted_mnist_comparison():
     assert config.training.epochs == 10
     assert config.compare == ["finetune", "l2", "ewc"]
     assert config.strategies["ewc"] == {
-        "strength": 100.0,
+        "strength": 200.0,
         "fisher": "exact",
         "fisher_samples": None,
     }
     assert config.strategies["l2"] == {"strength": 1.0}
+    assert config.training.reset_optimizer is False
 
 
 def test_split_defaults_to_multi_head_task_incremental():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -44,6 +45,11 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         "--out", type=Path, help="the run directory (default: runs/<benchmark>-<time>)"
     )
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
+    run.add_argument(
+        "--data-dir",
+        type=Path,
+        help="a folder holding the official IDX files of benchmark.dataset (source = dir)",
+    )
     run.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (mean ± SEM over them)")
     run.add_argument(
         "--strategies", help="comma-separated strategies to compare, e.g. finetune,ewc"
@@ -135,6 +141,11 @@ def _run_config_and_dir(args: argparse.Namespace) -> tuple[Any, Path]:
     from ewc.rundir import RunDirectory
 
     overrides = list(args.overrides)
+    if args.data_dir is not None:
+        overrides += [
+            "benchmark.source=dir",
+            f"benchmark.data_dir={json.dumps(str(args.data_dir))}",
+        ]
     if args.seeds:
         overrides.append(f"seeds=[{args.seeds}]")
     if args.strategies:
@@ -189,7 +200,16 @@ def _report_or_explain(run_dir: Path) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may stand between options (argparse takes one positional run only)
+    if (
+        extra
+        and getattr(args, "command", None) == "run"
+        and all("=" in e and not e.startswith("-") for e in extra)
+    ):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 0

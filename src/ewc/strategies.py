@@ -84,7 +84,7 @@ class L2Settings:
 class EWCSettings:
     """Hyper-parameters of ``ewc`` and ``online-ewc``."""
 
-    strength: float = 100.0  # λ; the penalty is (λ/2) Σ F (θ − θ*)²
+    strength: float = 200.0  # λ; the penalty is (λ/2) Σ F (θ − θ*)²
     fisher: str = "exact"  # exact | sample | empirical | argmax | batched (ewc.FisherKind)
     fisher_samples: int | None = None  # inputs for the Fisher; None: the task's whole training set
     samples_per_input: int = 1  # labels drawn per input for fisher = "sample"

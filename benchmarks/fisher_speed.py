@@ -1,0 +1,318 @@
+"""How fast is each diagonal Fisher, measured against one forward+backward epoch over the same data.
+
+The physical limit for a per-sample Fisher is about one training pass over the same inputs, so
+every time is printed as a ratio to that pass (batch 256, timed alternately with the estimator in
+the same run), together with the speed-up over the classic batch-size-one argmax loop of
+ewc.pytorch. With ``backpack-for-pytorch`` and ``nngeometry`` installed, their diagonal Fishers are
+timed on the same models and data, and the relative L2 difference to our estimate of the same
+quantity is printed. The second part times a training step with the EWC penalty against one
+without it, for 1, 10 and 50 consolidated tasks, next to the seed's design of one penalty object
+per task.
+
+Usage: python benchmarks/fisher_speed.py [--samples 10000] [--repeats 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import ewc
+from ewc.batches import Batch
+from ewc.data import load_embedded_mnist, read_images, read_labels
+from ewc.models import build_model
+from ewc.training import train_step
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+KINDS = ["exact", "sample", "empirical", "argmax", "batched"]
+Batches = list[tuple[Tensor, Tensor]]
+Fisher = dict[str, Tensor]
+
+
+def mnist(samples: int) -> tuple[Tensor, Tensor]:
+    """The MNIST test set (the shared copy, else the package's identical embedded one) in [0, 1]."""
+    if (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists():
+        images = read_images(SHARED_MNIST / "t10k-images-idx3-ubyte.gz")
+        labels = read_labels(SHARED_MNIST / "t10k-labels-idx1-ubyte.gz")
+    else:
+        data = load_embedded_mnist()
+        images = torch.cat([data.train_images, data.test_images])
+        labels = torch.cat([data.train_labels, data.test_labels])
+    return images[:samples, None].float() / 255, labels[:samples]
+
+
+def batches(x: Tensor, y: Tensor, size: int) -> Batches:
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
+
+
+def seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+class Timer:
+    """Times functions against a reference, alternately, so load changes hit both alike.
+
+    Each figure is the fastest of ``repeats`` runs: on a shared machine other work only ever adds
+    time, so the minimum is the steadiest estimate of what a computation itself costs.
+    """
+
+    def __init__(self, reference: Callable[[], object], repeats: int):
+        self.reference, self.repeats = reference, repeats
+        reference()
+        self.reference_seconds = min(seconds(reference) for _ in range(repeats))
+
+    def ratio(self, fn: Callable[[], object]) -> float:
+        """Fastest time of ``fn`` ÷ fastest time of the reference, after one warm-up call each."""
+        fn()
+        ours, theirs = [], []
+        for _ in range(self.repeats):
+            theirs.append(seconds(self.reference))
+            ours.append(seconds(fn))
+        return min(ours) / min(theirs)
+
+
+def train_briefly(model: nn.Module, data: Batches) -> None:
+    """One Adam epoch, so the Fishers are those of a model that has learned something."""
+    ewc.train_epoch(model, data, torch.optim.Adam(model.parameters(), lr=1e-3))
+    model.eval()
+
+
+def forward_backward_epoch(model: nn.Module, data: Batches) -> None:
+    """The reference cost: one forward and backward pass over every batch."""
+    for x, y in data:
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+
+
+def seed_argmax_loop(model: nn.Module, data: Batches) -> Fisher:
+    """The classic ewc.pytorch estimator: one sample at a time, squared gradient at the argmax."""
+    params = dict(model.named_parameters())
+    fisher = {n: torch.zeros_like(p) for n, p in params.items()}
+    total = sum(len(x) for x, _ in data)
+    for x, _ in data:
+        for sample in x:
+            model.zero_grad()
+            out = model(sample[None])
+            F.nll_loss(F.log_softmax(out, dim=1), out.argmax(dim=1)).backward()
+            for n, p in params.items():
+                fisher[n] += p.grad.square() / total
+    return fisher
+
+
+def relative_l2(a: Fisher, b: Fisher) -> float:
+    diff = sum(float((a[n] - b[n]).double().square().sum()) for n in b)
+    return (diff / sum(float(b[n].double().square().sum()) for n in b)) ** 0.5
+
+
+def backpack_estimators(
+    model: nn.Module, data: Batches
+) -> dict[str, tuple[str, Callable[[], Fisher]]]:
+    """BackPACK's diagonal Fishers: label → (the kind of ours it estimates, estimator)."""
+    from backpack import backpack, extend
+    from backpack.extensions import DiagGGNExact, DiagGGNMC, SumGradSquared
+
+    total = sum(len(x) for x, _ in data)
+    model, loss_fn = extend(model), extend(nn.CrossEntropyLoss(reduction="sum"))
+    params = list(model.parameters())
+
+    def estimator(extension: type, attribute: str) -> Callable[[], Fisher]:
+        def run() -> Fisher:
+            sums = [torch.zeros_like(p) for p in params]
+            for x, y in data:
+                model.zero_grad()
+                with backpack(extension()):
+                    loss_fn(model(x), y).backward()
+                for s, p in zip(sums, params, strict=True):
+                    s += getattr(p, attribute)
+            return {str(i): s / total for i, s in enumerate(sums)}
+
+        return run
+
+    return {
+        "BackPACK SumGradSquared": ("empirical", estimator(SumGradSquared, "sum_grad_squared")),
+        "BackPACK DiagGGNMC": ("sample", estimator(DiagGGNMC, "diag_ggn_mc")),
+        "BackPACK DiagGGNExact": ("exact", estimator(DiagGGNExact, "diag_ggn_exact")),
+    }
+
+
+def nngeometry_estimators(
+    model: nn.Module, data: Batches
+) -> dict[str, tuple[str, Callable[[], Fisher]]]:
+    """NNGeometry's FIM with a diagonal representation (the exact Fisher)."""
+    from nngeometry.metrics import FIM
+    from nngeometry.object import PMatDiag
+
+    dataset = torch.utils.data.TensorDataset(
+        torch.cat([x for x, _ in data]), torch.cat([y for _, y in data])
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=256)
+    params = list(model.parameters())
+
+    def run() -> Fisher:
+        diagonal = FIM(model, loader, representation=PMatDiag, variant="classif_logits").get_diag()
+        pieces = diagonal.split([p.numel() for p in params])  # in parameter order, as ours
+        return {
+            str(i): piece.view_as(p)
+            for i, (piece, p) in enumerate(zip(pieces, params, strict=True))
+        }
+
+    return {"NNGeometry FIM PMatDiag": ("exact", run)}
+
+
+def peer_estimators(model: nn.Module, data: Batches) -> dict[str, tuple[str, Callable[[], Fisher]]]:
+    """The installed peers' estimators, each on its own copy of the layers as a plain Sequential.
+
+    Both libraries want an ``nn.Sequential`` (BackPACK writes ``module.output`` on every module);
+    their results are keyed by parameter position and mapped back to our names by the caller.
+    """
+    peers = {}
+    for name, factory in (
+        ("backpack-for-pytorch", backpack_estimators),
+        ("nngeometry", nngeometry_estimators),
+    ):
+        plain = copy.deepcopy(nn.Sequential(*model.features, model.output))
+        try:
+            peers.update(factory(plain, data))
+        except ImportError:
+            print(f"  ({name} not installed: skipped; see benchmarks/README.md)")
+    return peers
+
+
+def row(label: str, ratio: float, base: float, note: str = "") -> None:
+    print(f"  {label:30s} {ratio:9.2f}x {ratio * base:8.3f}s  {note}")
+
+
+def agreement(theirs: Fisher, ours: Fisher) -> str:
+    """Relative L2 difference, or the share of NaN entries when there are any."""
+    total = sum(v.numel() for v in theirs.values())
+    nans = sum(int(v.isnan().sum()) for v in theirs.values())
+    if nans:
+        return f"{100 * nans / total:.0f}% of its entries are NaN"
+    return f"rel. L2 difference {relative_l2(theirs, ours):.1e}"
+
+
+def fisher_table(name: str, model: nn.Module, data: Batches, repeats: int) -> dict:
+    """Time every kind, the seed loop and the peers on one model; print and return the figures."""
+    timer = Timer(lambda: forward_backward_epoch(model, data), repeats)
+    base = timer.reference_seconds
+    seed_seconds = seconds(lambda: seed_argmax_loop(model, data))
+    inputs = sum(len(x) for x, _ in data)
+    print(f"\n{name}, {inputs} inputs: one forward+backward epoch (batch 256) takes {base:.3f} s")
+    print(f"  {'estimator':30s} {'÷ fwd+bwd':>10s} {'time':>9s}")
+    row("seed loop (batch 1, argmax)", seed_seconds / base, base)
+    ours: dict[str, tuple[float, Fisher]] = {}
+    for kind in KINDS:
+        gen = torch.Generator().manual_seed(0)
+        ratio = timer.ratio(
+            lambda kind=kind, gen=gen: ewc.diagonal_fisher(model, data, kind, generator=gen)
+        )
+        ours[kind] = (ratio, dict(ewc.diagonal_fisher(model, data, kind, generator=gen)))
+        row(
+            f"ewc {kind}",
+            ratio,
+            base,
+            f"{seed_seconds / (ratio * base):.1f}x faster than the seed loop",
+        )
+    seed_values = seed_argmax_loop(model, data)
+    print(f"  ewc argmax vs the seed loop: {agreement(seed_values, ours['argmax'][1])}")
+    names = [n for n, _ in model.named_parameters()]
+    peers = {}
+    for label, (kind, estimator) in peer_estimators(model, data).items():
+        peers[label] = ratio = timer.ratio(estimator)
+        note = f"ewc {kind} is {ratio / ours[kind][0]:.1f}x faster"
+        if kind != "sample":
+            note += "; " + agreement(
+                dict(zip(names, estimator().values(), strict=True)), ours[kind][1]
+            )
+        row(label, ratio, base, note)
+    kinds = {k: r for k, (r, _) in ours.items()}
+    return {
+        "forward_backward_s": base,
+        "seed_loop": seed_seconds / base,
+        "kinds": kinds,
+        "peers": peers,
+    }
+
+
+class SeedStylePenalty:
+    """The seed's design, for contrast: one term per task, each summing F (θ − θ*)² itself."""
+
+    def __init__(self, model: nn.Module, strength: float):
+        self.model, self.strength, self.terms = model, strength, []
+
+    def consolidate(self, fisher: Fisher) -> None:
+        self.terms.append(
+            (fisher, {n: p.detach().clone() for n, p in self.model.named_parameters()})
+        )
+
+    def __call__(self) -> Tensor:
+        params = dict(self.model.named_parameters())
+        total = 0.0
+        for fisher, anchor in self.terms:
+            for n, p in params.items():
+                total = total + (fisher[n] * (p - anchor[n]).square()).sum()
+        return 0.5 * self.strength * total
+
+
+def penalty_step_costs(data: Batches, repeats: int) -> list[dict]:
+    """Training steps with each penalty design ÷ the same steps without one (MLP, batch 128)."""
+    model = build_model("mlp", num_outputs=10)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    fisher = {n: torch.rand_like(p) for n, p in model.named_parameters()}
+    batch_list = [Batch(i, x, y) for i, (x, y) in enumerate(data)]
+
+    def train(penalty: Callable[[], Tensor] | None = None) -> None:
+        for batch in batch_list:
+            train_step(model, batch, opt, penalty=penalty)
+
+    timer, rows = Timer(train, repeats), []
+    for tasks in (1, 10, 50):
+        merged, seed_style = ewc.EWC(model, strength=1.0), SeedStylePenalty(model, 1.0)
+        for _ in range(tasks):
+            merged.consolidate(fisher)
+            seed_style.consolidate(fisher)
+        for design, penalty in (
+            ("ewc.EWC in ewc.train_step", merged),
+            ("ewc.EWC as loss + penalty()", lambda p=merged: p()),
+            ("one penalty term per task", seed_style),
+        ):
+            rows.append(
+                {"design": design, "tasks": tasks, "ratio": timer.ratio(lambda p=penalty: train(p))}
+            )
+            print(f"  {design:30s} {tasks:3d} tasks {rows[-1]['ratio']:6.2f}x")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=10_000, help="MNIST inputs (default 10000)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (fastest)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x, y = mnist(args.samples)
+    figures = {}
+    for name in ("mlp", "cnn"):
+        model = build_model(name, num_outputs=10)
+        train_briefly(model, batches(x, y, 128))
+        figures[name] = fisher_table(name.upper(), model, batches(x, y, 256), args.repeats)
+    print("\nA training step with the penalty ÷ one without (MLP 784-400-400-10, batch 128, SGD):")
+    figures["penalty_step"] = penalty_step_costs(batches(x[:2560], y[:2560], 128), args.repeats)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
