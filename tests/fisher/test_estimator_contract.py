@@ -206,3 +206,21 @@ def test_rejects_inputs_modified_in_place_after_the_module_ran():
         ewc.diagonal_fisher(
             InPlaceResidual(), [(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))]
         )
+
+
+class WithUnusedLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(3, 2).requires_grad_(False)
+        self.unused = nn.Linear(3, 3)  # trainable, never called
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_parameters_that_never_reach_the_logits_get_zero():
+    fisher = ewc.diagonal_fisher(
+        WithUnusedLayer(), [(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))]
+    )
+    assert set(fisher) == {"unused.weight", "unused.bias"}
+    assert all(float(v.abs().sum()) == 0.0 for v in fisher.values())

@@ -176,33 +176,37 @@ def _accumulate_batch(
     owners: dict[str, tuple[nn.Module, dict[str, str]]],
     sums: dict[str, Tensor],
 ) -> None:
-    """Back-propagate each vector to the recorded module outputs; add the rules' squares to sums."""
+    """Back-propagate each vector to the recorded module outputs; add the rules' squares to sums.
+
+    Parameters used by one call go through their rule's ``partial`` (summed over the vectors) and
+    ``finalize``; a parameter shared by several calls sums its per-sample gradients first.
+    """
     calls = recorder.calls
     for call in calls:
         call.check_inputs_unchanged()
+    edges = [edge for call in calls for edge in call.edges]
+    if not edges:
+        return  # no trainable module reached the logits in this batch: it adds nothing
     uses = _parameter_uses(calls, owners)
     shared = {full for full, sites in uses.items() if len(sites) > 1}
-    edges = [edge for call in calls for edge in call.edges]
+    own = [_own_names(call, owners, shared) for call in calls]
     partials: list[dict[str, Tensor]] = [{} for _ in calls]
     for i, vector in enumerate(vectors):
-        flat = torch.autograd.grad(
-            logits, edges, vector, retain_graph=i + 1 < len(vectors), allow_unused=True
-        )
+        last = i + 1 == len(vectors)
+        flat = torch.autograd.grad(logits, edges, vector, retain_graph=not last, allow_unused=True)
         grads = _split_per_call(calls, flat, logits)
         with recorder.paused(), torch.no_grad():
-            for call, call_grads, partial in zip(calls, grads, partials, strict=True):
-                names = _own_names(call, owners, shared)
+            for call, call_grads, names, partial in zip(calls, grads, own, partials, strict=True):
                 if call_grads is not None and names:
                     _add_into(partial, rule_for(call.module).partial(call, call_grads, names))
             for full in shared:
                 _add_into(sums, {full: _shared_squares(uses[full], calls, grads, logits.shape[0])})
     with recorder.paused(), torch.no_grad():
-        for call, partial in zip(calls, partials, strict=True):
+        for call, names, partial in zip(calls, own, partials, strict=True):
             if partial:
-                names = _own_names(call, owners, shared)
-                local_to_full = owners[call.name][1]
                 finished = rule_for(call.module).finalize(call, partial, names)
-                _add_into(sums, {local_to_full[local]: value for local, value in finished.items()})
+                full_names = owners[call.name][1]
+                _add_into(sums, {full_names[local]: value for local, value in finished.items()})
 
 
 def _parameter_uses(
