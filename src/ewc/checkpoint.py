@@ -41,7 +41,6 @@ import json
 import math
 import os
 import re
-import secrets
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -52,6 +51,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
+
+from ewc.atomic import write_bytes_atomic
 
 FORMAT_VERSION = 1
 """The file format that :func:`save_checkpoint` writes and :func:`load_checkpoint` reads."""
@@ -125,7 +126,7 @@ def save_checkpoint(path: str | os.PathLike[str], state: Any) -> None:
     }
     data = _safetensors_save(encoder.tensors, metadata=metadata)
     try:
-        _write_atomically(path, data)
+        write_bytes_atomic(path, data)
     except OSError as error:
         raise CheckpointError(path, f"could not write the checkpoint ({error})") from error
 
@@ -442,30 +443,3 @@ def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
     if size == 0:
         return memoryview(b"")
     return memoryview((ctypes.c_ubyte * size).from_address(tensor.data_ptr()))
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, rename it over ``path``."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    try:
-        with os.fdopen(os.open(temporary, flags, 0o666), "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX; Windows cannot open a directory)."""
-    if os.name != "posix":
-        return
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ewc.atomic import temporary_files, write_text_atomic
+
 
 class RunDirectoryError(ValueError):
     """The run directory cannot be used as asked (exists already, or belongs to another config)."""
@@ -54,8 +56,7 @@ class RunDirectory:
     def create(cls, path: str | os.PathLike[str], config_record: Mapping[str, Any]) -> RunDirectory:
         """Make a new run directory and write ``config.json``; refuse one that has content."""
         run = cls(path)
-        leftover = run.path / f".{run.config_path.name}.tmp"  # a create killed mid-write
-        if leftover.exists():
+        for leftover in temporary_files(run.config_path):  # a create killed mid-write
             leftover.unlink()
         if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
             raise RunDirectoryError(
@@ -103,12 +104,8 @@ class RunDirectory:
     def assemble_metrics(self, cells: list[Cell]) -> Path:
         """Concatenate the cells' event logs, in the given order, into ``metrics.jsonl``."""
         target = self.path / "metrics.jsonl"
-        temporary = target.with_name(target.name + ".tmp")
-        with temporary.open("w", encoding="utf-8") as out:
-            for cell in cells:
-                if self.events_path(cell).exists():
-                    out.write(self.events_path(cell).read_text(encoding="utf-8"))
-        os.replace(temporary, target)
+        logs = [self.events_path(cell) for cell in cells if self.events_path(cell).exists()]
+        write_text_atomic(target, "".join(log.read_text(encoding="utf-8") for log in logs))
         return target
 
     def write_matrix(self, cell: Cell, rows: list[list[float]]) -> Path:
@@ -161,14 +158,6 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
         except json.JSONDecodeError:
             continue
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a file through a temporary file and a rename, so readers never see half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ewc import metrics
+from ewc.atomic import write_text_atomic
 from ewc.config import RunConfig
-from ewc.rundir import Cell, write_text_atomic
+from ewc.rundir import Cell
 
 METRICS = ("ACC", "BWT", "FWT", "forgetting")
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ewc._version import __version__
+from ewc.atomic import fsync_directory
 from ewc.data.cache import dataset_cache_dir
 from ewc.data.catalog import IDX_FILES, DatasetName, get_spec
 from ewc.data.checksums import Checksums, verify
@@ -141,7 +142,7 @@ def _download_verified(
             partial.read_bytes(), name=target.name, checksums=table, display=url, dataset=dataset
         )
         os.replace(partial, target)
-        _fsync_folder(target.parent)
+        fsync_directory(target.parent)
     finally:
         partial.unlink(missing_ok=True)
 
@@ -169,14 +170,3 @@ def _stream(url: str, out: BinaryIO, timeout: float) -> None:
         raise DownloadError(
             f"{url}: received {received} of {declared} bytes (the connection closed early)"
         )
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Persist a rename in ``folder`` (skipped where folders cannot be opened, as on Windows)."""
-    if os.name != "posix":
-        return
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ewc.atomic import write_bytes_atomic
 from ewc.report.content import build_document
 from ewc.report.figures import curves_figure, final_accuracy_figure, matrices_figure, render_png
 from ewc.report.html import render_html
@@ -79,10 +79,10 @@ def write_report(
     images: dict[str, bytes] = {}
     for name, draw in FIGURES:
         images[f"plots/{name}.png"] = png = render_png(draw, run)
-        _write_atomic(out / "plots" / f"{name}.png", png)
+        write_bytes_atomic(out / "plots" / f"{name}.png", png)
     document = build_document(run, {name: f"plots/{name}.png" for name, _ in FIGURES})
-    _write_atomic(out / "report.html", render_html(document, images.__getitem__).encode())
-    _write_atomic(out / "report.md", render_markdown(document).encode())
+    write_bytes_atomic(out / "report.html", render_html(document, images.__getitem__).encode())
+    write_bytes_atomic(out / "report.md", render_markdown(document).encode())
     return ReportPaths(
         html=out / "report.html",
         markdown=out / "report.md",
@@ -99,16 +99,3 @@ def _require_matplotlib() -> None:
             "install it with `pip install 'ewc[run]'` (or `pip install matplotlib`)",
             name="matplotlib",
         )
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, so a reader never sees half a file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.chmod(temporary, 0o644)  # mkstemp makes the file private; a report is for reading
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
