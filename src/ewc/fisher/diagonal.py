@@ -6,7 +6,6 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ewc.fisher.kinds import FisherKind
@@ -143,11 +142,3 @@ def _check_same_layout(a: DiagonalFisher, b: DiagonalFisher) -> None:
                 f"Fisher entry {name!r} has shape {tuple(a[name].shape)} on the left "
                 f"and {tuple(b[name].shape)} on the right"
             )
-
-
-def empty_like_parameters(parameters: Mapping[str, torch.nn.Parameter]) -> dict[str, Tensor]:
-    """Zero accumulators, one per parameter, of its shape, dtype and device."""
-    return {
-        name: torch.zeros_like(p, memory_format=torch.contiguous_format)
-        for name, p in parameters.items()
-    }
