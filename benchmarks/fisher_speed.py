@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -313,6 +314,7 @@ def with_steady_malloc() -> None:
 def main() -> None:
     if "--system-malloc" not in sys.argv:
         with_steady_malloc()
+    warnings.filterwarnings("ignore", message="Full backward hook")  # BackPACK's, not ours
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--system-malloc", action="store_true", help="keep glibc's default settings"
