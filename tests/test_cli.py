@@ -27,6 +27,7 @@ TINY = [
     "training.batch_size=32",
     "training.eval_every=4",
     "training.threads=1",
+    "training.warmup_steps=4",
     "checkpoint_every=3",
     "model.hidden=[64]",
 ]

@@ -26,6 +26,7 @@ def test_the_default_is_the_embedded_permuted_mnist_comparison():
         128,
     )
     assert config.training.epochs == 10
+    assert config.training.warmup_steps == 300
     assert config.compare == ["finetune", "l2", "ewc"]
     assert config.strategies["ewc"] == {
         "strength": 200.0,

@@ -40,6 +40,7 @@ TINY = [
     "training.eval_every=4",
     "training.eval_batch_size=32",
     "training.threads=1",
+    "training.warmup_steps=0",
     "checkpoint_every=3",
     "model.hidden=[32]",
     'compare=["finetune", "l2", "ewc", "online-ewc"]',
@@ -120,7 +121,7 @@ class StopAfter(Progress):
 @pytest.mark.parametrize("stop", [1, 5, 9, 13, 21])
 def test_an_interrupted_run_resumes_bitwise(tmp_path, stop):
     data = learnable_digits()
-    config = tiny_config('compare=["ewc", "online-ewc"]')
+    config = tiny_config('compare=["ewc", "online-ewc"]', "training.warmup_steps=7")
     reference = run_experiment(config, tmp_path / "whole", data=data)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, tmp_path / "cut", data=data, progress=StopAfter(stop))

@@ -113,6 +113,8 @@ class CellRun:
 
     def _step(self, batch: Batch, num_batches: int) -> None:
         position, training = self.position, self.config.training
+        if training.warmup_steps:
+            self._warm_up(position.epoch * num_batches + batch.index + 1)
         try:
             loss = train_step(
                 self.model,
@@ -137,6 +139,13 @@ class CellRun:
             self._event("eval", task=position.task + 1, accuracies=self._evaluate_all())
         if self.config.checkpoint_every and position.step % self.config.checkpoint_every == 0:
             self._checkpoint()
+
+    def _warm_up(self, step_in_task: int) -> None:
+        """lr · min(1, k / warmup_steps) at the task's k-th step: a function of the position, so a
+        resumed cell needs no scheduler state."""
+        training = self.config.training
+        for group in self.optimizer.param_groups:
+            group["lr"] = training.lr * min(1.0, step_in_task / training.warmup_steps)
 
     def _finish_task(self, task: int) -> None:
         self._log_training()
