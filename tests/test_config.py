@@ -26,7 +26,7 @@ def test_the_default_is_the_embedded_permuted_mnist_comparison():
         128,
     )
     assert config.training.epochs == 10
-    assert config.training.warmup_steps == 300
+    assert (config.training.lr_schedule, config.training.warmup_steps) == ("cosine", 0)
     assert config.compare == ["finetune", "l2", "ewc"]
     assert config.strategies["ewc"] == {
         "strength": 200.0,
@@ -102,6 +102,11 @@ def test_the_hash_follows_the_content():
             ["training.optimizer=rmsprop"],
             r"training\.optimizer = 'rmsprop' is not one of 'adam', 'sgd'",
         ),
+        (
+            ["training.lr_schedule=step"],
+            r"training\.lr_schedule = 'step' is not one of 'constant', 'cosine'",
+        ),
+        (["training.warmup_steps=-1"], r"training\.warmup_steps must be at least 0; got -1"),
         (["model.name=resnet"], r"model\.name = 'resnet' is not one of 'mlp', 'cnn'"),
         (["benchmark.dataset=cifar"], r"benchmark\.dataset = 'cifar' is not one of 'mnist'"),
         (

@@ -8,12 +8,15 @@ import warnings
 import pytest
 import torch
 
+import ewc.cell
 from ewc.checkpoint import load_checkpoint
 from ewc.config import resolve
 from ewc.data import ImageDataset
 from ewc.progress import Progress
 from ewc.rundir import Cell, RunDirectory, RunDirectoryError
 from ewc.runner import run_experiment
+from ewc.schedules import lr_factor
+from ewc.training import train_step
 
 
 def learnable_digits(train: int = 160, test: int = 40, seed: int = 0) -> ImageDataset:
@@ -40,7 +43,7 @@ TINY = [
     "training.eval_every=4",
     "training.eval_batch_size=32",
     "training.threads=1",
-    "training.warmup_steps=0",
+    "training.lr_schedule=constant",  # 20 steps a task: learn at the full rate
     "checkpoint_every=3",
     "model.hidden=[32]",
     'compare=["finetune", "l2", "ewc", "online-ewc"]',
@@ -88,6 +91,23 @@ def test_a_run_writes_every_file_and_starts_every_strategy_alike(tmp_path):
     assert [e["accuracies"] for e in task_ends] == rows["ewc"]
 
 
+def test_the_optimizer_follows_the_schedule_within_every_task(tmp_path, monkeypatch):
+    seen: list[float] = []
+
+    def recording_train_step(model, batch, optimizer, **kwargs):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return train_step(model, batch, optimizer, **kwargs)
+
+    monkeypatch.setattr(ewc.cell, "train_step", recording_train_step)
+    config = tiny_config(
+        'compare=["finetune"]', "training.lr_schedule=cosine", "training.warmup_steps=3"
+    )
+    run_experiment(config, tmp_path / "run", data=learnable_digits())
+    steps = 2 * 160 // 16  # epochs × batches per epoch
+    one_task = [config.training.lr * lr_factor("cosine", k, steps, 3) for k in range(steps)]
+    assert seen == one_task * 2
+
+
 def test_a_new_run_never_overwrites_an_existing_directory(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "precious.txt").write_text("keep me")
@@ -121,7 +141,9 @@ class StopAfter(Progress):
 @pytest.mark.parametrize("stop", [1, 5, 9, 13, 21])
 def test_an_interrupted_run_resumes_bitwise(tmp_path, stop):
     data = learnable_digits()
-    config = tiny_config('compare=["ewc", "online-ewc"]', "training.warmup_steps=7")
+    config = tiny_config(
+        'compare=["ewc", "online-ewc"]', "training.lr_schedule=cosine", "training.warmup_steps=7"
+    )
     reference = run_experiment(config, tmp_path / "whole", data=data)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, tmp_path / "cut", data=data, progress=StopAfter(stop))

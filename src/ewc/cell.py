@@ -25,6 +25,7 @@ from ewc.config import RunConfig
 from ewc.models import build_model
 from ewc.progress import Progress
 from ewc.rundir import Cell, EventLog, RunDirectory, write_json_atomic
+from ewc.schedules import lr_factor
 from ewc.strategies import StrategyFactory, TaskContext, build_strategy
 from ewc.training import NonFiniteLossError, evaluate, train_step
 
@@ -113,8 +114,7 @@ class CellRun:
 
     def _step(self, batch: Batch, num_batches: int) -> None:
         position, training = self.position, self.config.training
-        if training.warmup_steps:
-            self._warm_up(position.epoch * num_batches + batch.index + 1)
+        self._set_lr(position.epoch * num_batches + batch.index, training.epochs * num_batches)
         try:
             loss = train_step(
                 self.model,
@@ -140,12 +140,12 @@ class CellRun:
         if self.config.checkpoint_every and position.step % self.config.checkpoint_every == 0:
             self._checkpoint()
 
-    def _warm_up(self, step_in_task: int) -> None:
-        """lr · min(1, k / warmup_steps) at the task's k-th step: a function of the position, so a
-        resumed cell needs no scheduler state."""
+    def _set_lr(self, step_in_task: int, steps_in_task: int) -> None:
+        """The schedule's rate for this step (`ewc.schedules`): a function of the position only."""
         training = self.config.training
+        factor = lr_factor(training.lr_schedule, step_in_task, steps_in_task, training.warmup_steps)
         for group in self.optimizer.param_groups:
-            group["lr"] = training.lr * min(1.0, step_in_task / training.warmup_steps)
+            group["lr"] = training.lr * factor
 
     def _finish_task(self, task: int) -> None:
         self._log_training()
