@@ -230,7 +230,7 @@ def fisher_table(name: str, model: nn.Module, data: Batches, repeats: int) -> di
             f"ewc {kind}",
             ratio,
             base,
-            f"{seed_seconds / (ratio * base):.1f}x faster than the seed loop",
+            f"speed-up over the seed loop {seed_seconds / (ratio * base):.1f}x",
         )
     seed_values = seed_argmax_loop(model, data)
     print(f"  ewc argmax vs the seed loop: {agreement(seed_values, ours['argmax'][1])}")
@@ -238,7 +238,7 @@ def fisher_table(name: str, model: nn.Module, data: Batches, repeats: int) -> di
     peers = {}
     for label, (kind, estimator) in peer_estimators(model, data).items():
         peers[label] = ratio = timer.ratio(estimator)
-        note = f"ewc {kind} is {ratio / ours[kind][0]:.1f}x faster"
+        note = f"speed-up of ewc {kind} over it {ratio / ours[kind][0]:.1f}x"
         if kind != "sample":
             note += "; " + agreement(
                 dict(zip(names, estimator().values(), strict=True)), ours[kind][1]
