@@ -125,6 +125,8 @@ BENCHMARK_DEFAULTS: dict[str, dict[str, Any]] = {
             "online-ewc": {"strength": 1e3},
         },
     },
+    # Rotated (0°-144°, one head): EWC's ACC over seeds 0-2 was 64.5% at λ = 50, 69.2% at 200,
+    # 65.8% at 1000 and 53.9% at 5000; the rotations share pixels, so the tasks conflict more.
     "rotated": {
         "training": {"epochs": 10, "lr_schedule": "cosine"},
         "strategies": {
