@@ -57,6 +57,7 @@ class CellRun:
         progress: Progress,
     ):
         self.config, self.stream, self.run_dir, self.cell = config, stream, run_dir, cell
+        self.config_hash = config.hash()
         self.progress = progress
         self.model = _initial_model(config, stream, cell.seed)
         self.strategy = build_strategy(
@@ -158,7 +159,7 @@ class CellRun:
             self.progress.note(self.cell, note)
         self.position.task, self.position.epoch, self.position.batch = task + 1, 0, 0
         self.epoch_generator_state = self.data_generator.get_state()  # the next epoch starts here
-        if self.optimizer is not None and self.config.training.reset_optimizer:
+        if self.config.training.reset_optimizer:
             self.optimizer = _optimizer(self.config, self.model)
         self._checkpoint()
 
@@ -218,7 +219,7 @@ class CellRun:
 
     def _checkpoint(self) -> None:
         state = {
-            "config_hash": self.config.hash(),
+            "config_hash": self.config_hash,
             "cell": asdict(self.cell),
             "position": asdict(self.position),
             "events_length": self.log.durable_length(),
@@ -238,7 +239,7 @@ class CellRun:
         if latest is None:
             return False
         _, state = latest
-        if state["config_hash"] != self.config.hash():
+        if state["config_hash"] != self.config_hash:
             raise ValueError(f"checkpoint of cell {self.cell.key} belongs to another config")
         self.position = Position(**state["position"])
         self.model.load_state_dict(state["model"])

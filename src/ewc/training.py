@@ -97,11 +97,12 @@ def train_step(
     else:
         extra = penalty() if penalty is not None else None
         (task_loss if extra is None else task_loss + extra).backward()
-    total = float(task_loss.detach()) + (0.0 if extra is None else float(extra.detach()))
+    penalty_value = None if extra is None else float(extra.detach())
+    total = float(task_loss.detach()) + (penalty_value or 0.0)
     if not math.isfinite(total):
         raise NonFiniteLossError(_describe_non_finite(batch, task_loss, extra))
     optimizer.step()
-    return StepLoss(total, None if extra is None else float(extra.detach()))
+    return StepLoss(total, penalty_value)
 
 
 @torch.no_grad()
