@@ -201,8 +201,9 @@ class CheckpointStore:
         found = []
         for entry in os.scandir(self.directory):
             match = _STEP_FILE.fullmatch(entry.name)
-            if match and entry.is_file() and self.path(int(match[1])).name == entry.name:
-                found.append(int(match[1]))
+            step = int(match[1]) if match else None
+            if step is not None and entry.is_file() and self.path(step).name == entry.name:
+                found.append(step)
         return sorted(found)
 
     def save(self, state: Any, step: int) -> Path:

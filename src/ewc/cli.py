@@ -178,12 +178,7 @@ def _report_or_explain(run_dir: Path) -> bool:
     """Write the report; explain (instead of failing) what is missing to make it."""
     try:
         from ewc.report import write_report
-    except ImportError as error:
-        print(
-            f"ewc report: plots need matplotlib ({error}); pip install 'ewc[run]'", file=sys.stderr
-        )
-        return False
-    try:
+
         paths = write_report(run_dir)
     except ImportError as error:
         print(

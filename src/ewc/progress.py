@@ -36,7 +36,6 @@ class LineProgress(Progress):
     def __init__(self, stream: TextIO | None = None):
         self.stream = stream or sys.stderr
         self._started = time.perf_counter()
-        self._epochs: dict[Cell, int] = {}
 
     def _print(self, text: str) -> None:
         print(text, file=self.stream, flush=True)

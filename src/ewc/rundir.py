@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,17 +147,6 @@ class EventLog:
 
     def close(self) -> None:
         self._file.close()
-
-
-def read_events(path: Path) -> Iterator[dict[str, Any]]:
-    """The events of a JSON-lines file, skipping a last line cut short by a crash."""
-    if not path.exists():
-        return
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
-            continue
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -1,6 +1,6 @@
 """`diagonal_fisher`: the driver that runs the model over data and applies the per-layer rules.
 
-Per-sample kinds cost one forward pass and, per output-gradient vector (1, k or C of them, see
+Per-sample kinds cost one forward pass and, per output-gradient vector (1, k or C − 1 of them, see
 `ewc.fisher.cotangents`), one backward pass that asks autograd only for the gradients at the
 outputs of parameter-owning modules. The rules turn those into Σ_n (per-sample gradient)² without
 materialising per-sample gradients where a closed form exists (`ewc.fisher.rules`).

@@ -2,7 +2,7 @@
 
 A rule turns one recorded module call (its inputs) and the gradient at its output for one cotangent
 vector into Σ_n (∂ℓ_n/∂θ)² for the module's own parameters, where ℓ_n is the per-sample quantity
-whose gradient is squared. Rules work in two steps so that a layer can sum over the C cotangent
+whose gradient is squared. Rules work in two steps so that a layer can sum over the C − 1 cotangent
 vectors of the exact Fisher before doing its expensive product:
 
 - ``partial(call, grads, names)`` → a dict of tensors that is *additive over cotangent vectors*;

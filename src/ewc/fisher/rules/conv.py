@@ -7,9 +7,9 @@ with output gradient g (O × L), the weight gradient at kernel offset (a, b) is
 
 The windows of all offsets, stacked, make one (L × kh·kw·I) matrix per sample, so a single batched
 GEMM gives every sample's weight gradient, which is squared and summed over the samples of a chunk
-at once. The windows are cut from the padded input by strided slices (cheaper on CPU than
-``F.unfold``'s im2col) once per batch, and reused for every output-gradient vector (C of them for
-the exact Fisher).
+at once. The windows are cut from the padded input by one strided view (cheaper on CPU than
+``F.unfold``'s im2col) once per batch, and reused for every output-gradient vector (C − 1 of them
+for the exact Fisher).
 """
 
 from __future__ import annotations
@@ -76,15 +76,17 @@ def _as_weight(products: Tensor, weight: Tensor) -> Tensor:
 
 
 def _chunks(module: nn.Conv1d | nn.Conv2d, size: int, locations: int) -> list[tuple[int, int]]:
-    """Sample ranges whose windows (I · kernel size · L entries per sample) fit the budget."""
-    per_sample = module.in_channels * module.weight[0, 0].numel() * locations
+    """Sample ranges whose largest temporaries fit the budget: the windows (I · kernel size · L
+    entries per sample) and the per-sample weight products (one weight's worth per sample)."""
+    windows = module.in_channels * module.weight[0, 0].numel() * locations
+    per_sample = max(windows, module.weight.numel())
     step = max(1, PER_SAMPLE_BUDGET // per_sample)
     return [(start, min(size, start + step)) for start in range(0, size, step)]
 
 
 def _windows(call: ModuleCall, start: int, stop: int) -> Tensor:
     """The input windows of every kernel offset, stacked offset-major as (n, G, offsets · I/G, L);
-    cached per sample range, so the C vectors of the exact Fisher share them."""
+    cached per sample range, so the C − 1 vectors of the exact Fisher share them."""
     key = ("windows", start, stop)
     if key not in call.cache:
         call.cache[key] = _stacked_windows(

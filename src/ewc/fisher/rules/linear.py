@@ -7,7 +7,7 @@ square is (g²)(a²)ᵀ entry-wise, so
     Σ_n (∂ℓ_n/∂W)² = (G²)ᵀ (A²)        (G: N×O output gradients, A: N×I inputs)
 
 one GEMM of the size of the ordinary weight gradient, and never an N×O×I tensor. Because G² enters
-linearly, the C cotangent vectors of the exact Fisher are summed (as Σ_c G_c²) before that GEMM.
+linearly, the C − 1 cotangent vectors of the exact Fisher are summed (as Σ_c G_c²) before that GEMM.
 """
 
 from __future__ import annotations
