@@ -166,3 +166,14 @@ def test_sigkill_at_random_points_then_resume_is_bitwise_identical(tmp_path):
     assert ref_params.keys() == cut_params.keys()
     for cell, params in ref_params.items():
         assert all(torch.equal(params[name], cut_params[cell][name]) for name in params), cell
+
+
+def test_an_interrupt_before_the_run_directory_exists_says_so(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ewc.cli._run_config_and_dir", interrupted)
+    assert main(["run", "--no-report"]) == 130
+    error = capsys.readouterr().err
+    assert "ewc run: interrupted" in error
+    assert "--resume" not in error

@@ -108,6 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     from ewc.rundir import RunDirectoryError
     from ewc.runner import run_experiment
 
+    run_dir = None
     try:
         config, run_dir = _run_config_and_dir(args)
         result = run_experiment(
@@ -123,9 +124,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ewc run: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            f"\newc run: interrupted; continue with `ewc run --resume {run_dir}`", file=sys.stderr
-        )
+        hint = "" if run_dir is None else f"; continue with `ewc run --resume {run_dir}`"
+        print(f"\newc run: interrupted{hint}", file=sys.stderr)
         return 130
     print()
     print(result.summary.table())
