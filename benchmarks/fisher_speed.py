@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import ewc
-from ewc.batches import Batch
+from ewc._batches import Batch
 from ewc.data import load_embedded_mnist, read_images, read_labels
-from ewc.models import build_model
+from ewc.experiment.models import build_model
 from ewc.training import train_step
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"

@@ -15,9 +15,9 @@ import argparse
 import torch
 
 import ewc
-from ewc.benchmarks import TensorBatches, build_stream
+from ewc.experiment.streams.benchmarks import TensorBatches, build_stream
 from ewc.data import load_dataset
-from ewc.models import build_model
+from ewc.experiment.models import build_model
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ewc import __version__
-from ewc.checkpoint import load_checkpoint
+from ewc.experiment.storage.checkpoint import load_checkpoint
 from ewc.cli import main
 
 # The embedded MNIST subset cut to a few hundred images: the whole run takes seconds.

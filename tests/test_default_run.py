@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from ewc.config import resolve
-from ewc.metrics import average_accuracy
-from ewc.progress import Progress
-from ewc.runner import run_experiment
+from ewc.experiment.config import resolve
+from ewc.experiment.metrics import average_accuracy
+from ewc.experiment.progress import Progress
+from ewc.experiment.runner import run_experiment
 
 
 @pytest.mark.slow

@@ -102,11 +102,11 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ewc.config import ConfigError
+    from ewc.experiment.config import ConfigError
     from ewc.data import DataFileError, DatasetNotFoundError
-    from ewc.progress import for_stream
-    from ewc.rundir import RunDirectoryError
-    from ewc.runner import run_experiment
+    from ewc.experiment.progress import for_stream
+    from ewc.experiment.storage.rundir import RunDirectoryError
+    from ewc.experiment.runner import run_experiment
 
     run_dir = None
     try:
@@ -137,8 +137,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_config_and_dir(args: argparse.Namespace) -> tuple[Any, Path]:
     """The resolved config and run directory of `ewc run`'s arguments."""
-    from ewc.config import from_dict, resolve
-    from ewc.rundir import RunDirectory
+    from ewc.experiment.config import from_dict, resolve
+    from ewc.experiment.storage.rundir import RunDirectory
 
     overrides = list(args.overrides)
     if args.data_dir is not None:

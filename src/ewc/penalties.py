@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from ewc.choices import Choice
+from ewc._choices import Choice
 from ewc.fisher import DiagonalFisher
 
 

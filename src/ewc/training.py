@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ewc.batches import Batch, check_class_targets, iterate_batches, model_logits
-from ewc.modes import evaluation_mode
+from ewc._batches import Batch, check_class_targets, iterate_batches, model_logits
+from ewc._modes import evaluation_mode
 
 OutputFn = Callable[[Any], Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]

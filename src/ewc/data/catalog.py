@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from ewc.choices import Choice
+from ewc._choices import Choice
 
 IDX_FILES: tuple[str, ...] = (
     "train-images-idx3-ubyte",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ewc._version import __version__
-from ewc.atomic import fsync_directory
+from ewc._atomic import fsync_directory
 from ewc.data.cache import dataset_cache_dir
 from ewc.data.catalog import IDX_FILES, DatasetName, get_spec
 from ewc.data.checksums import Checksums, verify

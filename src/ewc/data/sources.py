@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ewc.choices import Choice
+from ewc._choices import Choice
 from ewc.data.cache import dataset_cache_dir
 from ewc.data.catalog import DatasetName, DatasetSpec, get_spec
 from ewc.data.checksums import Checksums

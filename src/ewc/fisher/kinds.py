@@ -17,7 +17,7 @@ entry for parameter θ_i is (shared/REFERENCES.md §2):
 
 from __future__ import annotations
 
-from ewc.choices import Choice
+from ewc._choices import Choice
 
 
 class FisherKind(Choice):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ewc.atomic import write_bytes_atomic
+from ewc._atomic import write_bytes_atomic
 from ewc.report.content import build_document
 from ewc.report.figures import curves_figure, final_accuracy_figure, matrices_figure, render_png
 from ewc.report.html import render_html

@@ -2,7 +2,7 @@
 
 Means and standard errors are over seeds: SEM = sample standard deviation (n − 1 in the
 denominator) / √n, and None for a single seed. ACC, BWT, FWT and forgetting are not computed here:
-they come from summary.json, which the runner writes with :mod:`ewc.metrics`.
+they come from summary.json, which the runner writes with :mod:`ewc.experiment.metrics`.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Any
 
 from ewc.report.rows import accuracy_row, count_finished, read_matrix_csv
 from ewc.report.text import section
-from ewc.rundir import RunDirectoryError
+from ewc.experiment.storage.rundir import RunDirectoryError
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ewc.models import CNN, MLP, ModelName, MultiHead, build_model
+from ewc.experiment.models import CNN, MLP, ModelName, MultiHead, build_model
 
 
 def count(model: nn.Module) -> int:

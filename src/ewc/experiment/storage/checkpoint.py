@@ -52,7 +52,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
 
-from ewc.atomic import write_bytes_atomic
+from ewc._atomic import write_bytes_atomic
 
 FORMAT_VERSION = 1
 """The file format that :func:`save_checkpoint` writes and :func:`load_checkpoint` reads."""

@@ -21,7 +21,7 @@ from ewc.report.aggregate import curves, spans
 STEPS_PER_TASK = 100
 EVAL_EVERY = 25
 STRATEGIES = {"finetune": {}, "ewc": {"strength": 100.0, "fisher": "exact", "fisher_samples": 500}}
-METRICS = {  # what the runner would compute with ewc.metrics; the report only shows them
+METRICS = {  # what the runner would compute with ewc.experiment.metrics; the report only shows them
     "finetune": {
         "ACC": (0.6543, 0.0123),
         "BWT": (-0.3141, 0.0059),

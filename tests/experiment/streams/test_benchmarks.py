@@ -1,6 +1,6 @@
 """Task streams: permuted, split and rotated tasks, their labels per scenario, and every error.
 
-Also covers `ewc.tasks` (TaskStream.output_fn and the head / column selectors) through the streams
+Also covers `ewc.experiment.streams.tasks` (TaskStream.output_fn and the head / column selectors) through the streams
 that `build_stream` makes.
 """
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import ewc
-from ewc.benchmarks import (
+from ewc.experiment.streams.benchmarks import (
     DEFAULTS,
     Benchmark,
     ColumnSelector,
@@ -25,8 +25,8 @@ from ewc.benchmarks import (
     pixel_permutation,
 )
 from ewc.data import ImageDataset, load_dataset
-from ewc.models import build_model
-from ewc.transforms import rotate, to_unit_interval
+from ewc.experiment.models import build_model
+from ewc.experiment.streams.transforms import rotate, to_unit_interval
 
 SHARED = 20  # the first SHARED test items are copies of the first train items
 

@@ -8,14 +8,14 @@ import warnings
 import pytest
 import torch
 
-import ewc.cell
-from ewc.checkpoint import load_checkpoint
-from ewc.config import resolve
+import ewc.experiment.cell
+from ewc.experiment.storage.checkpoint import load_checkpoint
+from ewc.experiment.config import resolve
 from ewc.data import ImageDataset
-from ewc.progress import Progress
-from ewc.rundir import Cell, RunDirectory, RunDirectoryError
-from ewc.runner import run_experiment
-from ewc.schedules import lr_factor
+from ewc.experiment.progress import Progress
+from ewc.experiment.storage.rundir import Cell, RunDirectory, RunDirectoryError
+from ewc.experiment.runner import run_experiment
+from ewc.experiment.schedules import lr_factor
 from ewc.training import train_step
 
 
@@ -98,7 +98,7 @@ def test_the_optimizer_follows_the_schedule_within_every_task(tmp_path, monkeypa
         seen.append(optimizer.param_groups[0]["lr"])
         return train_step(model, batch, optimizer, **kwargs)
 
-    monkeypatch.setattr(ewc.cell, "train_step", recording_train_step)
+    monkeypatch.setattr(ewc.experiment.cell, "train_step", recording_train_step)
     config = tiny_config(
         'compare=["finetune"]', "training.lr_schedule=cosine", "training.warmup_steps=3"
     )

@@ -31,13 +31,13 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    """Which task stream to learn (see `ewc.benchmarks`)."""
+    """Which task stream to learn (see `ewc.experiment.streams.benchmarks`)."""
 
     name: str = "permuted"  # permuted | split | rotated
     dataset: str = "mnist"  # mnist | fashion-mnist | kmnist
     source: str = "embedded"  # embedded | auto | dir | cache | debian (see ewc.data)
     data_dir: str | None = None  # the folder for source = "dir"
-    num_tasks: int | None = None  # None: the benchmark's default (ewc.benchmarks.DEFAULTS)
+    num_tasks: int | None = None  # None: the benchmark's default (ewc.experiment.streams.benchmarks.DEFAULTS)
     scenario: str | None = None  # task | domain | class; None: the benchmark's default
     multi_head: bool | None = None  # one output head per task; None: True for task-IL
     classes_per_task: int = 2  # split only
@@ -48,7 +48,7 @@ class BenchmarkConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which network to train (see `ewc.models`)."""
+    """Which network to train (see `ewc.experiment.models`)."""
 
     name: str = "mlp"  # mlp | cnn
     hidden: list[int] = field(default_factory=lambda: [400, 400])  # mlp widths
@@ -65,7 +65,7 @@ class TrainingConfig:
     eval_every: int = 50  # optimizer steps between evaluations on every task (0: task ends only)
     eval_batch_size: int = 1000
     reset_optimizer: bool = False  # a fresh optimizer state for every task (see below)
-    lr_schedule: str = "constant"  # constant | cosine, within each task (ewc.schedules)
+    lr_schedule: str = "constant"  # constant | cosine, within each task (ewc.experiment.schedules)
     warmup_steps: int = 0  # lr rises linearly over each task's first steps
     threads: int | None = None  # torch intra-op threads; None: leave torch's setting
 
@@ -93,7 +93,7 @@ class RunConfig:
 
 
 #: Experiment defaults per benchmark, where they differ from the dataclass defaults and from the
-#: stream defaults of `ewc.benchmarks.DEFAULTS`. Strengths are the paper's λ (the penalty carries
+#: stream defaults of `ewc.experiment.streams.benchmarks.DEFAULTS`. Strengths are the paper's λ (the penalty carries
 #: the 1/2) for the exact Fisher, chosen on the embedded MNIST subset with Adam (lr 1e-3) kept
 #: across tasks: a fresh Adam moves every weight by about lr in its first steps on a new task
 #: (its bias-corrected step is ±lr whatever the gradient), which undoes much of what a penalty
@@ -170,7 +170,7 @@ def resolve(file: str | Path | None = None, overrides: Sequence[str] = ()) -> Ru
 def fill_stream_defaults(config: RunConfig) -> RunConfig:
     """Write the benchmark's default scenario into the config, and multi_head = (task-IL) when
     unset, so that ``config.json`` records what actually runs."""
-    from ewc.benchmarks import DEFAULTS, Benchmark
+    from ewc.experiment.streams.benchmarks import DEFAULTS, Benchmark
 
     b = config.benchmark
     try:
@@ -240,8 +240,8 @@ def from_dict(data: Mapping[str, Any]) -> RunConfig:
 def check_values(config: RunConfig) -> None:
     """Raise `ConfigError` for a value outside its range or not among the known names."""
     from ewc.data import DatasetName, Source
-    from ewc.models import ModelName
-    from ewc.schedules import LrSchedule
+    from ewc.experiment.models import ModelName
+    from ewc.experiment.schedules import LrSchedule
 
     b, t = config.benchmark, config.training
     _one_of("benchmark.dataset", b.dataset, [d.value for d in DatasetName])

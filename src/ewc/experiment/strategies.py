@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from ewc.config import ConfigError, build_dataclass
+from ewc.experiment.config import ConfigError, build_dataclass
 from ewc.fisher import FisherKind, diagonal_fisher
 from ewc.penalties import EWC, L2, QuadraticPenalty
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ewc.choices import Choice
+from ewc._choices import Choice
 
 OutputFn = Callable[[Tensor], Tensor]
 
@@ -57,7 +57,7 @@ class Scenario(Choice):
 
 
 class Benchmark(Choice):
-    """How a data set becomes a sequence of tasks (see :mod:`ewc.benchmarks`)."""
+    """How a data set becomes a sequence of tasks (see :mod:`ewc.experiment.streams.benchmarks`)."""
 
     __noun__ = ("benchmark", "benchmarks")
 
@@ -128,7 +128,7 @@ class ColumnSelector:
 
 @dataclass(frozen=True, eq=False)
 class TaskStream:
-    """A sequence of tasks and the model output they need; made by `ewc.benchmarks.build_stream`.
+    """A sequence of tasks and the model output they need; made by `ewc.experiment.streams.benchmarks.build_stream`.
 
     Attributes:
         benchmark: how the tasks were made.

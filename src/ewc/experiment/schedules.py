@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from ewc.choices import Choice
+from ewc._choices import Choice
 
 
 class LrSchedule(Choice):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from ewc.config import ConfigError
-from ewc.strategies import BUILTIN_STRATEGIES, TaskContext, build_strategy
+from ewc.experiment.config import ConfigError
+from ewc.experiment.strategies import BUILTIN_STRATEGIES, TaskContext, build_strategy
 
 
 def context(model, optimizer="adam", lr=1e-3):

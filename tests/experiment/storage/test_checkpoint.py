@@ -23,8 +23,8 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 from safetensors.torch import save_file as safetensors_save_file
 
-import ewc.checkpoint
-from ewc.checkpoint import (
+import ewc.experiment.storage.checkpoint
+from ewc.experiment.storage.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     CheckpointStore,
@@ -278,7 +278,7 @@ def test_loading_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_the_module_source_never_uses_pickle_or_torch_load() -> None:
-    source = Path(ewc.checkpoint.__file__).read_text(encoding="utf-8")
+    source = Path(ewc.experiment.storage.checkpoint.__file__).read_text(encoding="utf-8")
     for forbidden in ("import pickle", "torch.load(", "torch.save(", "weights_only"):
         assert forbidden not in source
 
@@ -403,7 +403,7 @@ def _forge(path: Path, description: str, tensors: dict[str, torch.Tensor], **met
     fields = {
         "ewc.format": str(FORMAT_VERSION),
         "ewc.state": description,
-        "ewc.sha256": ewc.checkpoint._digest(description, tensors),
+        "ewc.sha256": ewc.experiment.storage.checkpoint._digest(description, tensors),
         **metadata,
     }
     path.write_bytes(safetensors_save(tensors, metadata=fields))

@@ -1,7 +1,7 @@
 """Metrics on hand-written accuracy matrices; every expected value is worked out in a comment.
 
 Rows: 0 = untrained (b_j), i = after task i. Below, R[i, j] uses task numbers for the column too
-(R[i, j] = rows[i][j - 1]), as in the formulas of ewc.metrics.
+(R[i, j] = rows[i][j - 1]), as in the formulas of ewc.experiment.metrics.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ewc.metrics import (
+from ewc.experiment.metrics import (
     MeanSEM,
     average_accuracy,
     average_forgetting,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ewc.config import ConfigError, RunConfig, from_dict, parse_overrides, resolve
+from ewc.experiment.config import ConfigError, RunConfig, from_dict, parse_overrides, resolve
 
 
 def test_the_default_is_the_embedded_permuted_mnist_comparison():

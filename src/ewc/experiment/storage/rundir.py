@@ -10,7 +10,7 @@ Layout (the report reads the first five; the runner owns all of them)::
       plots/, report.html, report.md
       cells/seed0-ewc/         one folder per (seed, strategy) cell:
         events.jsonl           the cell's own events (metrics.jsonl is assembled from these)
-        checkpoints/           the cell's checkpoints (ewc.checkpoint)
+        checkpoints/           the cell's checkpoints (ewc.experiment.storage.checkpoint)
 
 Each cell writes only inside its own folder, so cells can run in separate processes, and a
 resumed cell cuts its event log back to the length its checkpoint recorded. Nothing that exists
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ewc.atomic import temporary_files, write_text_atomic
+from ewc._atomic import temporary_files, write_text_atomic
 
 
 class RunDirectoryError(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ewc.loaders import TensorBatches
+from ewc.experiment.streams.loaders import TensorBatches
 
 
 def data(n: int = 10) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from ewc.schedules import LrSchedule, lr_factor
+from ewc.experiment.schedules import LrSchedule, lr_factor
 
 
 def test_constant_is_one_at_every_step():

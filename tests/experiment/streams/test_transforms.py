@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ewc.transforms import permute_pixels, rotate, to_unit_interval
+from ewc.experiment.streams.transforms import permute_pixels, rotate, to_unit_interval
 
 
 def images(n: int = 3, height: int = 28, width: int = 28, seed: int = 0) -> torch.Tensor:

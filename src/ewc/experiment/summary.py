@@ -1,6 +1,6 @@
 """A run's results per strategy: metrics over seeds (mean ± SEM), mean accuracy matrices, a table.
 
-The metrics are those of `ewc.metrics` (ACC, BWT, FWT, forgetting; shared/REFERENCES.md §4),
+The metrics are those of `ewc.experiment.metrics` (ACC, BWT, FWT, forgetting; shared/REFERENCES.md §4),
 computed per seed from that seed's accuracy matrix, then averaged across seeds.
 """
 
@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ewc import metrics
-from ewc.atomic import write_text_atomic
-from ewc.config import RunConfig
-from ewc.rundir import Cell
+from ewc.experiment import metrics
+from ewc._atomic import write_text_atomic
+from ewc.experiment.config import RunConfig
+from ewc.experiment.storage.rundir import Cell
 
 METRICS = ("ACC", "BWT", "FWT", "forgetting")
 

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import TextIO
 
-from ewc.rundir import Cell
+from ewc.experiment.storage.rundir import Cell
 
 
 class Progress:

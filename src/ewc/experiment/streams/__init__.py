@@ -1,0 +1,1 @@
+"""Task streams: permuted, split and rotated image benchmarks in the three scenarios."""
