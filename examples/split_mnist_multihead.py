@@ -15,9 +15,9 @@ import argparse
 import torch
 
 import ewc
-from ewc.experiment.streams.benchmarks import TensorBatches, build_stream
 from ewc.data import load_dataset
 from ewc.experiment.models import build_model
+from ewc.experiment.streams.benchmarks import TensorBatches, build_stream
 
 
 def main() -> None:

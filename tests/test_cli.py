@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from ewc import __version__
-from ewc.experiment.storage.checkpoint import load_checkpoint
 from ewc.cli import main
+from ewc.experiment.storage.checkpoint import load_checkpoint
 
 # The embedded MNIST subset cut to a few hundred images: the whole run takes seconds.
 TINY = [

@@ -29,7 +29,7 @@ def test_import_ewc_loads_no_optional_dependency():
 
 
 def test_the_library_imports_nothing_of_the_layers_above_it():
-    """The core (Fisher, penalties, training) knows neither the experiment kit, data, report nor CLI."""
+    """The core (Fisher, penalties, training) knows neither experiment/, data/, report/ nor cli."""
     loaded = _loaded_modules("ewc, ewc.fisher, ewc.penalties, ewc.training")
     above = ("ewc.experiment", "ewc.data", "ewc.report", "ewc.cli")
     leaked = sorted(m for m in loaded if m.startswith(above))

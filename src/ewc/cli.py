@@ -102,11 +102,11 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ewc.experiment.config import ConfigError
     from ewc.data import DataFileError, DatasetNotFoundError
+    from ewc.experiment.config import ConfigError
     from ewc.experiment.progress import for_stream
-    from ewc.experiment.storage.rundir import RunDirectoryError
     from ewc.experiment.runner import run_experiment
+    from ewc.experiment.storage.rundir import RunDirectoryError
 
     run_dir = None
     try:

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import ewc.experiment.cell
-from ewc.experiment.storage.checkpoint import load_checkpoint
-from ewc.experiment.config import resolve
 from ewc.data import ImageDataset
+from ewc.experiment.config import resolve
 from ewc.experiment.progress import Progress
-from ewc.experiment.storage.rundir import Cell, RunDirectory, RunDirectoryError
 from ewc.experiment.runner import run_experiment
 from ewc.experiment.schedules import lr_factor
+from ewc.experiment.storage.checkpoint import load_checkpoint
+from ewc.experiment.storage.rundir import Cell, RunDirectory, RunDirectoryError
 from ewc.training import train_step
 
 

@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from ewc._version import __version__
 from ewc._atomic import fsync_directory
+from ewc._version import __version__
 from ewc.data.cache import dataset_cache_dir
 from ewc.data.catalog import IDX_FILES, DatasetName, get_spec
 from ewc.data.checksums import Checksums, verify

@@ -19,14 +19,14 @@ import torch
 from torch import nn
 
 from ewc._batches import Batch
-from ewc.experiment.streams.benchmarks import TaskStream, TensorBatches
-from ewc.experiment.storage.checkpoint import CheckpointStore
 from ewc.experiment.config import RunConfig
 from ewc.experiment.models import build_model
 from ewc.experiment.progress import Progress
-from ewc.experiment.storage.rundir import Cell, EventLog, RunDirectory, write_json_atomic
 from ewc.experiment.schedules import lr_factor
+from ewc.experiment.storage.checkpoint import CheckpointStore
+from ewc.experiment.storage.rundir import Cell, EventLog, RunDirectory, write_json_atomic
 from ewc.experiment.strategies import StrategyFactory, TaskContext, build_strategy
+from ewc.experiment.streams.benchmarks import TaskStream, TensorBatches
 from ewc.training import NonFiniteLossError, evaluate, train_step
 
 
@@ -142,7 +142,7 @@ class CellRun:
             self._checkpoint()
 
     def _set_lr(self, step_in_task: int, steps_in_task: int) -> None:
-        """The schedule's rate for this step (`ewc.experiment.schedules`): a function of the position only."""
+        """The schedule's rate for this step (`.schedules`): a function of the position only."""
         training = self.config.training
         factor = lr_factor(training.lr_schedule, step_in_task, steps_in_task, training.warmup_steps)
         for group in self.optimizer.param_groups:

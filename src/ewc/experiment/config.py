@@ -37,7 +37,7 @@ class BenchmarkConfig:
     dataset: str = "mnist"  # mnist | fashion-mnist | kmnist
     source: str = "embedded"  # embedded | auto | dir | cache | debian (see ewc.data)
     data_dir: str | None = None  # the folder for source = "dir"
-    num_tasks: int | None = None  # None: the benchmark's default (ewc.experiment.streams.benchmarks.DEFAULTS)
+    num_tasks: int | None = None  # None: the benchmark's default (streams.benchmarks)
     scenario: str | None = None  # task | domain | class; None: the benchmark's default
     multi_head: bool | None = None  # one output head per task; None: True for task-IL
     classes_per_task: int = 2  # split only
@@ -93,10 +93,10 @@ class RunConfig:
 
 
 #: Experiment defaults per benchmark, where they differ from the dataclass defaults and from the
-#: stream defaults of `ewc.experiment.streams.benchmarks.DEFAULTS`. Strengths are the paper's λ (the penalty carries
-#: the 1/2) for the exact Fisher, chosen on the embedded MNIST subset with Adam (lr 1e-3) kept
-#: across tasks: a fresh Adam moves every weight by about lr in its first steps on a new task
-#: (its bias-corrected step is ±lr whatever the gradient), which undoes much of what a penalty
+#: stream defaults of `ewc.experiment.streams.benchmarks.DEFAULTS`. Strengths are the paper's λ
+#: (the penalty carries the 1/2) for the exact Fisher, chosen on the embedded MNIST subset with
+#: Adam (lr 1e-3) kept across tasks: a fresh Adam moves every weight by about lr in its first
+#: steps on a new task (its bias-corrected step is ±lr whatever the gradient), which undoes much of what a penalty
 #: protects (permuted, 5 tasks, λ=100: task 1 lost 5-8 points with a reset, 4 without).
 #: Permuted and rotated tasks decay the rate with a cosine within each task: Adam's steps are
 #: about lr whatever the penalty's stiffness, so with a constant rate a larger λ did not hold

@@ -10,7 +10,8 @@
 Both take ``heads``: with ``heads > 1`` (task-incremental learning with a head per task) the output
 layer is ``heads`` separate Linear layers of ``num_outputs`` units on the same features, and the
 model returns their outputs stacked, shape ``(N, heads, num_outputs)``, so that any code selects
-task t's logits with ``out[:, t]`` (see :meth:`ewc.experiment.streams.tasks.TaskStream.output_fn`). Separate
+task t's logits with ``out[:, t]`` (see
+:meth:`ewc.experiment.streams.tasks.TaskStream.output_fn`). Separate
 layers keep each task's head in its own named parameters (``output.<t>.weight``), where a Fisher
 or a penalty can be seen to touch only the heads that were trained.
 

@@ -1,7 +1,7 @@
 """Run an experiment: every strategy on the same task stream, from the same initial weights.
 
 `run_experiment` loads the data once, then for each seed builds the task stream and trains each
-strategy's cell (`ewc.experiment.cell`) — one after another, or in ``jobs`` worker processes — and finally
+strategy's cell (`.cell`) — one after another, or in ``jobs`` worker processes — and finally
 writes the accuracy matrices, ``summary.json``, ``metrics.jsonl`` and the report. A killed run is
 continued with ``resume=True``: finished cells are kept, unfinished ones resume from their last
 checkpoint, and a config other than the recorded one is refused.
@@ -24,13 +24,13 @@ from typing import Any
 import torch
 
 from ewc._version import __version__
-from ewc.experiment.streams.benchmarks import TaskStream, build_stream
+from ewc.data import ImageDataset, load_dataset
 from ewc.experiment.cell import CellDiverged, CellRun
 from ewc.experiment.config import RunConfig
-from ewc.data import ImageDataset, load_dataset
 from ewc.experiment.progress import LineProgress, Progress
 from ewc.experiment.storage.rundir import Cell, RunDirectory, RunDirectoryError
 from ewc.experiment.strategies import BUILTIN_STRATEGIES, StrategyFactory, build_strategy
+from ewc.experiment.streams.benchmarks import TaskStream, build_stream
 from ewc.experiment.summary import Summary, summarize
 
 

@@ -1,7 +1,8 @@
 """A run's results per strategy: metrics over seeds (mean ± SEM), mean accuracy matrices, a table.
 
-The metrics are those of `ewc.experiment.metrics` (ACC, BWT, FWT, forgetting; shared/REFERENCES.md §4),
-computed per seed from that seed's accuracy matrix, then averaged across seeds.
+The metrics are those of `ewc.experiment.metrics` (ACC, BWT, FWT, forgetting;
+shared/REFERENCES.md §4), computed per seed from that seed's accuracy matrix, then averaged
+across seeds.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ewc.experiment import metrics
 from ewc._atomic import write_text_atomic
+from ewc.experiment import metrics
 from ewc.experiment.config import RunConfig
 from ewc.experiment.storage.rundir import Cell
 

@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ewc._batches import Batch, check_class_targets, iterate_batches, model_logits
+from ewc._modes import evaluation_mode
 from ewc.fisher.capture import CallRecorder, ModuleCall
 from ewc.fisher.cotangents import score_vectors
 from ewc.fisher.diagonal import DiagonalFisher
 from ewc.fisher.kinds import FisherKind
 from ewc.fisher.rules import rule_for
 from ewc.fisher.rules.base import PER_SAMPLE_BUDGET
-from ewc._modes import evaluation_mode
 
 OutputFn = Callable[[Any], Tensor]
 

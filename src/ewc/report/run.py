@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ewc.experiment.storage.rundir import RunDirectoryError
 from ewc.report.rows import accuracy_row, count_finished, read_matrix_csv
 from ewc.report.text import section
-from ewc.experiment.storage.rundir import RunDirectoryError
 
 
 @dataclass(frozen=True)

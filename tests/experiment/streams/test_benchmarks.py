@@ -1,7 +1,7 @@
 """Task streams: permuted, split and rotated tasks, their labels per scenario, and every error.
 
-Also covers `ewc.experiment.streams.tasks` (TaskStream.output_fn and the head / column selectors) through the streams
-that `build_stream` makes.
+Also covers `ewc.experiment.streams.tasks` (TaskStream.output_fn and the head / column selectors)
+through the streams that `build_stream` makes.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import ewc
+from ewc.data import ImageDataset, load_dataset
+from ewc.experiment.models import build_model
 from ewc.experiment.streams.benchmarks import (
     DEFAULTS,
     Benchmark,
@@ -24,8 +26,6 @@ from ewc.experiment.streams.benchmarks import (
     default_angles,
     pixel_permutation,
 )
-from ewc.data import ImageDataset, load_dataset
-from ewc.experiment.models import build_model
 from ewc.experiment.streams.transforms import rotate, to_unit_interval
 
 SHARED = 20  # the first SHARED test items are copies of the first train items

@@ -1,6 +1,7 @@
-"""Benchmarks: how one labelled image data set becomes a stream of tasks (`ewc.experiment.streams.tasks.TaskStream`).
+"""Benchmarks: how one labelled image data set becomes a stream of tasks (`.tasks.TaskStream`).
 
-The labels each scenario uses (task-, domain-, class-incremental) are tabulated in :mod:`ewc.experiment.streams.tasks`.
+The labels each scenario uses (task-, domain-, class-incremental) are tabulated in
+:mod:`ewc.experiment.streams.tasks`.
 Defaults are in :data:`DEFAULTS`, the one place the runner reads them from.
 
 - ``permuted`` (Kirkpatrick et al. 2017): 10 tasks, domain-IL. Every task uses all images with its
@@ -17,8 +18,8 @@ Defaults are in :data:`DEFAULTS`, the one place the runner reads them from.
   half turn, never reaching 180°, where a 6 becomes a 9.
 
 Inputs are float32 ``(N, 1, H, W)``, the uint8 pixels divided by 255, with no mean/std
-normalisation (see :func:`ewc.experiment.streams.transforms.to_unit_interval`). Everything is a deterministic function
-of the data and ``seed``; only ``permuted`` is random, and it uses its own generators, never the
+normalisation (see :func:`.transforms.to_unit_interval`). Everything is a deterministic function of
+ the data and ``seed``; only ``permuted`` is random, and it uses its own generators, never the
 global one.
 """
 
@@ -34,7 +35,14 @@ from torch import Tensor
 
 from ewc.data.dataset import ImageDataset
 from ewc.experiment.streams.loaders import TensorBatches
-from ewc.experiment.streams.tasks import Benchmark, ColumnSelector, HeadSelector, Scenario, Task, TaskStream
+from ewc.experiment.streams.tasks import (
+    Benchmark,
+    ColumnSelector,
+    HeadSelector,
+    Scenario,
+    Task,
+    TaskStream,
+)
 from ewc.experiment.streams.transforms import permute_pixels, rotate, to_unit_interval
 
 __all__ = [

@@ -128,7 +128,7 @@ class ColumnSelector:
 
 @dataclass(frozen=True, eq=False)
 class TaskStream:
-    """A sequence of tasks and the model output they need; made by `ewc.experiment.streams.benchmarks.build_stream`.
+    """A sequence of tasks and the model output they need; made by `.benchmarks.build_stream`.
 
     Attributes:
         benchmark: how the tasks were made.
