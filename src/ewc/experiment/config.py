@@ -96,8 +96,9 @@ class RunConfig:
 #: stream defaults of `ewc.experiment.streams.benchmarks.DEFAULTS`. Strengths are the paper's λ
 #: (the penalty carries the 1/2) for the exact Fisher, chosen on the embedded MNIST subset with
 #: Adam (lr 1e-3) kept across tasks: a fresh Adam moves every weight by about lr in its first
-#: steps on a new task (its bias-corrected step is ±lr whatever the gradient), which undoes much of what a penalty
-#: protects (permuted, 5 tasks, λ=100: task 1 lost 5-8 points with a reset, 4 without).
+#: steps on a new task (its bias-corrected step is ±lr whatever the gradient), which
+#: undoes much of what a penalty protects (permuted, 5 tasks, λ=100: task 1 lost 5-8 points
+#: with a reset, 4 without).
 #: Permuted and rotated tasks decay the rate with a cosine within each task: Adam's steps are
 #: about lr whatever the penalty's stiffness, so with a constant rate a larger λ did not hold
 #: task 1 better (permuted, seeds 0-4 with --jobs 2, mean loss of task 1's accuracy 3.3 points
