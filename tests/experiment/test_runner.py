@@ -210,7 +210,7 @@ def test_unknown_strategies_are_refused_before_any_training(tmp_path):
             tmp_path / "r2",
             data=learnable_digits(),
         )
-    with pytest.raises(ValueError, match=r"unknown config key 'ewc\.lambda'"):
+    with pytest.raises(ValueError, match=r"unknown config key 'strategies\.ewc\.lambda'"):
         run_experiment(
             tiny_config("strategies.ewc.lambda=3"), tmp_path / "r3", data=learnable_digits()
         )

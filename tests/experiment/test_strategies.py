@@ -88,17 +88,43 @@ def test_plain_sgd_that_would_diverge_is_reported(model):
         (
             "finetune",
             {"strength": 1.0},
-            r"unknown config key 'finetune\.strength'; valid keys here are \(none\)",
+            r"unknown config key 'strategies\.finetune\.strength'; valid keys here are \(none\)",
         ),
-        ("l2", {"lambda": 1.0}, r"unknown config key 'l2\.lambda'; valid keys here are strength"),
-        ("ewc", {"fisher": "true"}, r"ewc\.fisher: unknown Fisher kind 'true'"),
-        ("ewc", {"gamma": 0.5}, "ewc.gamma applies to online-ewc only"),
-        ("ewc", {"strength": "big"}, r"ewc\.strength must be of type float"),
-        ("online-ewc", {"gamma": 1.5}, r"gamma must be in \(0, 1\]"),
+        (
+            "l2",
+            {"lambda": 1.0},
+            r"unknown config key 'strategies\.l2\.lambda'; valid keys here are strength",
+        ),
+        (
+            "ewc",
+            {"fisher": "true"},
+            r"strategies\.ewc\.fisher = 'true' is not one of 'exact', 'sample', 'empirical'",
+        ),
+        ("ewc", {"gamma": 0.5}, "strategies.ewc.gamma applies to online-ewc only"),
+        ("ewc", {"strength": "big"}, r"strategies\.ewc\.strength must be of type float"),
+        (
+            "ewc",
+            {"strength": -1},
+            r"strategies\.ewc\.strength must be a finite number ≥ 0\.0; got -1",
+        ),
+        ("l2", {"strength": float("inf")}, r"strategies\.l2\.strength must be a finite number"),
+        (
+            "ewc",
+            {"fisher_samples": 0},
+            r"strategies\.ewc\.fisher_samples must be at least 1; got 0",
+        ),
+        ("online-ewc", {"gamma": 1.5}, r"strategies\.online-ewc\.gamma must be in \(0, 1\]"),
+        ("online-ewc", {"gamma": 0}, r"strategies\.online-ewc\.gamma must be positive"),
+        (
+            "ewc-big",
+            {"type": "ewc", "strength": -2.0},
+            r"strategies\.ewc-big\.strength must be a finite number ≥ 0\.0; got -2\.0",
+        ),
         (
             "x",
             {"type": "si"},
-            "strategy 'x' has unknown type 'si'; valid types are 'finetune', 'l2'",
+            r"strategy 'x' has unknown type 'si' \(strategies\.x\.type\); valid types are "
+            "'finetune', 'l2'",
         ),
     ],
 )

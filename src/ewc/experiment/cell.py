@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ewc._batches import Batch
-from ewc.experiment.config import RunConfig
+from ewc.experiment.config import Optimizer, RunConfig
 from ewc.experiment.models import build_model
 from ewc.experiment.progress import Progress
 from ewc.experiment.schedules import lr_factor
@@ -59,7 +59,8 @@ class CellRun:
         self.config, self.stream, self.run_dir, self.cell = config, stream, run_dir, cell
         self.config_hash = config.hash()
         self.progress = progress
-        self.model = _initial_model(config, stream, cell.seed)
+        self.device = torch.device(config.training.device)
+        self.model = _initial_model(config, stream, cell.seed).to(self.device)
         self.strategy = build_strategy(
             cell.strategy, config.strategies[cell.strategy], self.model, factories
         )
@@ -109,7 +110,8 @@ class CellRun:
             self.epoch_generator_state = self.data_generator.get_state()
             for index, (inputs, targets) in enumerate(batches):
                 if index >= self.position.batch:
-                    self._step(Batch(index, inputs, targets), len(batches))
+                    batch = Batch(index, inputs.to(self.device), targets.to(self.device))
+                    self._step(batch, len(batches))
             self.position.epoch, self.position.batch = self.position.epoch + 1, 0
         self._finish_task(task)
 
@@ -274,12 +276,9 @@ def _initial_model(config: RunConfig, stream: TaskStream, seed: int) -> nn.Modul
     )
 
 
+_OPTIMIZERS = {Optimizer.ADAM: torch.optim.Adam, Optimizer.SGD: torch.optim.SGD}
+
+
 def _optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     training = config.training
-    if training.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=training.lr)
-    if training.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=training.lr)
-    raise ValueError(
-        f"unknown optimizer {training.optimizer!r}; valid optimizers are 'adam', 'sgd'"
-    )
+    return _OPTIMIZERS[Optimizer.parse(training.optimizer)](model.parameters(), lr=training.lr)

@@ -2,8 +2,10 @@
 
 Resolution order (later wins): the defaults of the chosen benchmark (`defaults_for`), the TOML
 file, then command-line overrides such as ``training.epochs=2`` or ``strategies.ewc.strength=1e3``.
-Every key is checked: an unknown one is an error that lists the valid ones. The resolved config is
-what `config.json` records, and its hash is what a resumed run must match.
+Every key is checked against its field's type and range: an option is the `Choice` enum that
+names its valid values (`Optimizer`, `LrSchedule`, `Benchmark`, ...), an unknown key is an error
+that lists the valid ones, and every error names the full dotted key. The resolved config is what
+`config.json` records (options as their strings), and its hash is what a resumed run must match.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 import types
 import typing
@@ -24,50 +27,93 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+from ewc._choices import Choice
+from ewc.data import DatasetName, Source
+from ewc.experiment.models import ModelName
+from ewc.experiment.schedules import LrSchedule
+from ewc.experiment.streams.tasks import Benchmark, Scenario
+from ewc.fisher import FisherKind
+
 
 class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names it and what would be right."""
+    """A configuration value or key is invalid; the message names the full key and what is valid.
+
+    Args:
+        message: the message; ``{key}`` in it stands for the key, which `within` can prefix.
+        key: the dotted key the message is about, relative to where it was checked (a strategy's
+            settings are checked as ``strength`` and reported as ``strategies.ewc.strength``).
+    """
+
+    def __init__(self, message: str, key: str | None = None):
+        self.template, self.key = message, key
+        super().__init__(message if key is None else message.replace("{key}", key))
+
+    def within(self, prefix: str) -> ConfigError:
+        """The same error about ``<prefix>.<key>`` (itself when it names no key)."""
+        return self if self.key is None else ConfigError(self.template, f"{prefix}.{self.key}")
+
+
+class Optimizer(Choice):
+    """The optimizer that trains every task (``torch.optim.Adam`` or plain ``torch.optim.SGD``)."""
+
+    __noun__ = ("optimizer", "optimizers")
+
+    ADAM = "adam"
+    SGD = "sgd"
+
+
+def at_least(low: float, default: Any) -> Any:
+    """A field whose value must be at least ``low`` when set (`_check_range`)."""
+    return field(default=default, metadata={"at_least": low})
+
+
+def above(low: float, default: Any) -> Any:
+    """A field whose value must be a finite number above ``low``."""
+    return field(default=default, metadata={"above": low})
 
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
     """Which task stream to learn (see `ewc.experiment.streams.benchmarks`)."""
 
-    name: str = "permuted"  # permuted | split | rotated
-    dataset: str = "mnist"  # mnist | fashion-mnist | kmnist
-    source: str = "embedded"  # embedded | auto | dir | cache | debian (see ewc.data)
+    name: Benchmark = Benchmark.PERMUTED
+    dataset: DatasetName = DatasetName.MNIST
+    # None: the embedded subset for mnist without data_dir, else every source in turn (auto);
+    # `resolve` records the source it chose.
+    source: Source | None = None
     data_dir: str | None = None  # the folder for source = "dir"
-    num_tasks: int | None = None  # None: the benchmark's default (streams.benchmarks)
-    scenario: str | None = None  # task | domain | class; None: the benchmark's default
+    num_tasks: int | None = at_least(1, None)  # None: the benchmark's default
+    scenario: Scenario | None = None  # None: the benchmark's default
     multi_head: bool | None = None  # one output head per task; None: True for task-IL
-    classes_per_task: int = 2  # split only
+    classes_per_task: int = at_least(2, 2)  # split only
     angles: list[float] | None = None  # rotated only; None: evenly spaced
-    train_samples: int | None = None  # keep at most this many training samples per task
-    test_samples: int | None = None  # keep at most this many test samples per task
+    train_samples: int | None = at_least(1, None)  # at most this many training samples per task
+    test_samples: int | None = at_least(1, None)  # at most this many test samples per task
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Which network to train (see `ewc.experiment.models`)."""
 
-    name: str = "mlp"  # mlp | cnn
-    hidden: list[int] = field(default_factory=lambda: [400, 400])  # mlp widths
+    name: ModelName = ModelName.MLP
+    hidden: list[int] = field(default_factory=lambda: [400, 400], metadata={"at_least": 1})
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
     """How each task is trained and evaluated."""
 
-    optimizer: str = "adam"  # adam | sgd
-    lr: float = 1e-3
-    batch_size: int = 128
-    epochs: int = 10  # per task
-    eval_every: int = 50  # optimizer steps between evaluations on every task (0: task ends only)
-    eval_batch_size: int = 1000
+    optimizer: Optimizer = Optimizer.ADAM
+    lr: float = above(0.0, 1e-3)
+    batch_size: int = at_least(1, 128)
+    epochs: int = at_least(1, 10)  # per task
+    eval_every: int = at_least(0, 50)  # steps between evaluations on every task (0: task ends)
+    eval_batch_size: int = at_least(1, 1000)
     reset_optimizer: bool = False  # a fresh optimizer state for every task (see below)
-    lr_schedule: str = "constant"  # constant | cosine, within each task (ewc.experiment.schedules)
-    warmup_steps: int = 0  # lr rises linearly over each task's first steps
-    threads: int | None = None  # torch intra-op threads; None: leave torch's setting
+    lr_schedule: LrSchedule = LrSchedule.CONSTANT  # within each task (ewc.experiment.schedules)
+    warmup_steps: int = at_least(0, 0)  # lr rises linearly over each task's first steps
+    threads: int | None = at_least(1, None)  # torch intra-op threads; None: leave torch's
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (CUDA when available); recorded resolved
 
 
 @dataclass(frozen=True)
@@ -79,17 +125,34 @@ class RunConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     strategies: dict[str, dict[str, Any]] = field(default_factory=dict)  # name → hyper-parameters
     compare: list[str] = field(default_factory=lambda: ["finetune", "l2", "ewc"])  # which run
-    seeds: list[int] = field(default_factory=lambda: [0])
-    checkpoint_every: int = 500  # optimizer steps between mid-task checkpoints (0: task ends only)
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"at_least": 0})
+    checkpoint_every: int = at_least(0, 500)  # steps between mid-task checkpoints (0: task ends)
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as plain JSON-able data."""
-        return dataclasses.asdict(self)
+        """The config as plain JSON-able data (options as their strings)."""
+        return dataclasses.asdict(self, dict_factory=_plain_dict)
 
     def hash(self) -> str:
-        """SHA-256 of the canonical JSON of the config: equal configs, equal hashes."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """SHA-256 of the canonical JSON of the config: equal configs, equal hashes.
+
+        Keys added after runs were first recorded are left out while they hold the value every
+        earlier run had (`UNHASHED_DEFAULTS`), so that those runs can still be resumed.
+        """
+        data = self.to_dict()
+        for table, defaults in UNHASHED_DEFAULTS.items():
+            for key, value in defaults.items():
+                if data[table].get(key) == value:
+                    del data[table][key]
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+#: Keys that configs recorded before they existed lack, and the value those runs used.
+UNHASHED_DEFAULTS: dict[str, dict[str, Any]] = {"training": {"device": "cpu"}}
+
+
+def _plain_dict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {key: value.value if isinstance(value, Choice) else value for key, value in pairs}
 
 
 #: Experiment defaults per benchmark, where they differ from the dataclass defaults and from the
@@ -108,81 +171,113 @@ class RunConfig:
 #: of it halved finetune's forgetting and cost EWC about 1 point of ACC, so it is off.
 #: Permuted MNIST runs 5 tasks (the literature uses 10) so that the default `ewc run` finishes in
 #: under two minutes on two CPU cores.
-BENCHMARK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "permuted": {
-        "benchmark": {"num_tasks": 5},
-        "training": {"epochs": 10, "lr_schedule": "cosine"},
-        "strategies": {
-            "l2": {"strength": 1.0},
-            "ewc": {"strength": 200.0},
-            "online-ewc": {"strength": 200.0},
-        },
-    },
-    "split": {
+BENCHMARK_DEFAULTS: dict[Benchmark, dict[str, Any]] = {
+    Benchmark.PERMUTED: {"benchmark": {"num_tasks": 5}, "training": {"lr_schedule": "cosine"}},
+    Benchmark.SPLIT: {
         "training": {"epochs": 4},
-        "strategies": {
-            "l2": {"strength": 1.0},
-            "ewc": {"strength": 1e3},
-            "online-ewc": {"strength": 1e3},
-        },
+        "strategies": {"ewc": {"strength": 1e3}, "online-ewc": {"strength": 1e3}},
     },
     # Rotated (0°-144°, one head): EWC's ACC over seeds 0-2 was 64.5% at λ = 50, 69.2% at 200,
     # 65.8% at 1000 and 53.9% at 5000; the rotations share pixels, so the tasks conflict more.
-    "rotated": {
-        "training": {"epochs": 10, "lr_schedule": "cosine"},
-        "strategies": {
-            "l2": {"strength": 1.0},
-            "ewc": {"strength": 200.0},
-            "online-ewc": {"strength": 200.0},
-        },
-    },
+    Benchmark.ROTATED: {"training": {"lr_schedule": "cosine"}},
 }
 
 #: The strategies every config defines (more can be added under new names with a ``type``).
 BASE_STRATEGIES: dict[str, dict[str, Any]] = {
     "finetune": {},
     "l2": {"strength": 1.0},
-    "ewc": {"strength": 200.0, "fisher": "exact", "fisher_samples": None},
-    "online-ewc": {"strength": 200.0, "gamma": 1.0, "fisher": "exact", "fisher_samples": None},
+    "ewc": {"strength": 200.0, "fisher": FisherKind.EXACT.value, "fisher_samples": None},
+    "online-ewc": {
+        "strength": 200.0,
+        "gamma": 1.0,
+        "fisher": FisherKind.EXACT.value,
+        "fisher_samples": None,
+    },
 }
 
 
-def defaults_for(benchmark: str) -> dict[str, Any]:
+def defaults_for(benchmark: Benchmark | str) -> dict[str, Any]:
     """The default config of a benchmark, as nested plain data."""
-    if benchmark not in BENCHMARK_DEFAULTS:
-        valid = ", ".join(repr(b) for b in BENCHMARK_DEFAULTS)
-        raise ConfigError(f"unknown benchmark {benchmark!r}; valid benchmarks are {valid}")
+    try:
+        name = Benchmark.parse(benchmark)
+    except ValueError as error:
+        raise ConfigError(f"{{key}}: {error}", "benchmark.name") from None
     base = RunConfig().to_dict()
-    base["benchmark"]["name"] = benchmark
+    base["benchmark"]["name"] = name.value
     base["strategies"] = json.loads(json.dumps(BASE_STRATEGIES))
-    return merge(base, BENCHMARK_DEFAULTS[benchmark])
+    return merge(base, BENCHMARK_DEFAULTS[name])
 
 
 def resolve(file: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
     """The config from benchmark defaults, then the TOML ``file``, then ``key=value`` overrides."""
     from_file = load_toml(file) if file is not None else {}
     from_overrides = parse_overrides(overrides)
-    name = _benchmark_name(from_overrides) or _benchmark_name(from_file) or "permuted"
+    name = _benchmark_name(from_overrides) or _benchmark_name(from_file) or Benchmark.PERMUTED
     return fill_stream_defaults(
         from_dict(merge(merge(defaults_for(name), from_file), from_overrides))
     )
 
 
 def fill_stream_defaults(config: RunConfig) -> RunConfig:
-    """Write the benchmark's default scenario into the config, and multi_head = (task-IL) when
-    unset, so that ``config.json`` records what actually runs."""
-    from ewc.experiment.streams.benchmarks import DEFAULTS, Benchmark
+    """Write what "unset" stands for into the config, so that ``config.json`` records what runs.
+
+    The benchmark's default scenario; multi_head = (task-IL); the data source (the embedded
+    subset for mnist without ``data_dir``, else ``auto``: every source in turn); the device
+    (``auto``: CUDA when available).
+    """
+    from ewc.experiment.streams.benchmarks import DEFAULTS
 
     b = config.benchmark
-    try:
-        kind = Benchmark.parse(b.name)
-    except ValueError as error:
-        raise ConfigError(f"benchmark.name: {error}") from None
-    scenario = b.scenario if b.scenario is not None else DEFAULTS[kind].scenario.value
-    multi_head = b.multi_head if b.multi_head is not None else scenario == "task"
-    return dataclasses.replace(
-        config, benchmark=dataclasses.replace(b, scenario=scenario, multi_head=multi_head)
-    )
+    scenario = b.scenario if b.scenario is not None else DEFAULTS[b.name].scenario
+    multi_head = b.multi_head if b.multi_head is not None else scenario is Scenario.TASK
+    source = b.source
+    if source is None:
+        embedded = b.dataset is DatasetName.MNIST and b.data_dir is None
+        source = Source.EMBEDDED if embedded else Source.AUTO
+    benchmark = dataclasses.replace(b, scenario=scenario, multi_head=multi_head, source=source)
+    training = dataclasses.replace(config.training, device=resolve_device(config.training.device))
+    config = dataclasses.replace(config, benchmark=benchmark, training=training)
+    _check_combinations(config)
+    return config
+
+
+def resolve_device(device: str) -> str:
+    """``device`` checked against this machine; ``auto`` becomes ``cuda`` when CUDA is available.
+
+    Raises:
+        ConfigError: not one of auto, cpu, cuda, cuda:N, or CUDA (that GPU) is not available.
+    """
+    import torch
+
+    key, valid = "training.device", "'auto', 'cpu', 'cuda' or 'cuda:N'"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, sep, index = device.partition(":")
+    if device == "cpu" or (kind == "cuda" and (not sep or index.isdigit())):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if device != "cpu" and count <= int(index or 0):
+            raise ConfigError(
+                f"{{key}} = {device!r}, but this machine has {count} usable CUDA device(s) "
+                f"(torch {torch.__version__}); use 'cpu' or 'auto'",
+                key,
+            )
+        return device
+    raise ConfigError(f"{{key}} = {device!r} is not one of {valid}", key)
+
+
+def _check_combinations(config: RunConfig) -> None:
+    """Raise `ConfigError` for settings that are valid alone but not together."""
+    b = config.benchmark
+    if b.multi_head and b.scenario is not Scenario.TASK:
+        raise ConfigError(
+            "benchmark.multi_head = true needs benchmark.scenario = 'task' (a head per task "
+            f"means telling the model the task); got benchmark.scenario = {b.scenario.value!r}"
+        )
+    if b.data_dir is not None and b.source not in (Source.DIR, Source.AUTO):
+        raise ConfigError(
+            f"benchmark.data_dir is set but benchmark.source = {b.source.value!r} does not read "
+            "it; use benchmark.source = 'dir' or 'auto', or leave the source unset"
+        )
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -192,6 +287,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
 
@@ -234,46 +331,11 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 def from_dict(data: Mapping[str, Any]) -> RunConfig:
     """Build and check a `RunConfig` from nested plain data (unknown keys are errors)."""
     config = build_dataclass(RunConfig, data, "")
-    check_values(config)
-    return config
-
-
-def check_values(config: RunConfig) -> None:
-    """Raise `ConfigError` for a value outside its range or not among the known names."""
-    from ewc.data import DatasetName, Source
-    from ewc.experiment.models import ModelName
-    from ewc.experiment.schedules import LrSchedule
-
-    b, t = config.benchmark, config.training
-    _one_of("benchmark.dataset", b.dataset, [d.value for d in DatasetName])
-    _one_of("benchmark.source", b.source, [s.value for s in Source])
-    _one_of("model.name", config.model.name, [m.value for m in ModelName])
-    _one_of("training.optimizer", t.optimizer, ["adam", "sgd"])
-    _one_of("training.lr_schedule", t.lr_schedule, [s.value for s in LrSchedule])
-    for key, value, low in (
-        ("training.epochs", t.epochs, 1),
-        ("training.batch_size", t.batch_size, 1),
-        ("training.eval_batch_size", t.eval_batch_size, 1),
-        ("training.eval_every", t.eval_every, 0),
-        ("training.warmup_steps", t.warmup_steps, 0),
-        ("checkpoint_every", config.checkpoint_every, 0),
-    ):
-        if value < low:
-            raise ConfigError(f"{key} must be at least {low}; got {value}")
-    if not t.lr > 0:
-        raise ConfigError(f"training.lr must be positive; got {t.lr}")
-    if t.threads is not None and t.threads < 1:
-        raise ConfigError(f"training.threads must be at least 1 or unset; got {t.threads}")
-    for key, values in (("seeds", config.seeds), ("compare", config.compare)):
+    for key in ("seeds", "compare"):
+        values = getattr(config, key)
         if not values or len(set(values)) != len(values):
-            raise ConfigError(f"{key} must be a non-empty list without repeats; got {values}")
-    if any(seed < 0 for seed in config.seeds):
-        raise ConfigError(f"seeds must be non-negative integers; got {config.seeds}")
-
-
-def _one_of(key: str, value: str, valid: list[str]) -> None:
-    if value not in valid:
-        raise ConfigError(f"{key} = {value!r} is not one of {', '.join(repr(v) for v in valid)}")
+            raise ConfigError(f"{key} must be a non-empty list without repeats; got {values}", key)
+    return config
 
 
 def _benchmark_name(data: Mapping[str, Any]) -> str | None:
@@ -282,21 +344,25 @@ def _benchmark_name(data: Mapping[str, Any]) -> str | None:
 
 
 def build_dataclass(cls: type, data: Any, prefix: str) -> Any:
-    """Build the dataclass ``cls`` from a table, type-checking every value; keys are named with
-    ``prefix`` in errors, and unknown keys are errors."""
+    """Build the dataclass ``cls`` from a table, checking every value against its field's type
+    and range; errors name the key as ``prefix`` + field, and unknown keys are errors."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix.rstrip('.') or 'the config'} must be a table; got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
+        key = prefix.rstrip(".") or "the config"
+        raise ConfigError(f"{{key}} must be a table; got {data!r}", key)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"unknown config key {prefix + unknown[0]!r}; "
-            f"valid keys here are {', '.join(names) if names else '(none)'}"
+            "unknown config key '{key}'; "
+            f"valid keys here are {', '.join(fields) if fields else '(none)'}",
+            prefix + str(unknown[0]),
         )
-    values = {
-        name: _coerce(data[name], hints[name], prefix + name) for name in names if name in data
-    }
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name in fields.keys() & data.keys():
+        value = _coerce(data[name], hints[name], prefix + name)
+        _check_range(value, fields[name].metadata, prefix + name)
+        values[name] = value
     return cls(**values)
 
 
@@ -312,22 +378,49 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return _coerce(value, inner, key)
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list; got {value!r}")
+            raise ConfigError(f"{{key}} must be a list; got {value!r}", key)
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
-        if not isinstance(value, Mapping) or not all(
-            isinstance(v, Mapping) for v in value.values()
-        ):
-            raise ConfigError(f"{key} must be a table of tables; got {value!r}")
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{{key}} must be a table of tables; got {value!r}", key)
+        for name, table in value.items():
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"{{key}} must be a table; got {table!r}", f"{key}.{name}")
         return {str(k): dict(v) for k, v in value.items()}
     return _scalar(value, annotation, key)
 
 
 def _scalar(value: Any, annotation: type, key: str) -> Any:
+    if issubclass(annotation, Choice):
+        try:
+            return annotation.parse(value)
+        except ValueError:
+            valid = ", ".join(repr(member.value) for member in annotation)
+            raise ConfigError(f"{{key}} = {value!r} is not one of {valid}", key) from None
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is int and isinstance(value, bool):
-        raise ConfigError(f"{key} must be an integer; got {value!r}")
+        raise ConfigError(f"{{key}} must be an integer; got {value!r}", key)
     if not isinstance(value, annotation):
-        raise ConfigError(f"{key} must be of type {annotation.__name__}; got {value!r}")
+        raise ConfigError(f"{{key}} must be of type {annotation.__name__}; got {value!r}", key)
     return value
+
+
+def _check_range(value: Any, metadata: Mapping[str, Any], key: str) -> None:
+    """Raise `ConfigError` if ``value`` (or an item of its list) is outside the field's range."""
+    low, strict = metadata.get("at_least"), "above" in metadata
+    low = metadata["above"] if strict else low
+    for item in value if isinstance(value, list) else [value]:
+        if low is None or item is None:
+            continue
+        if isinstance(item, int) and not strict:
+            if item < low:
+                raise ConfigError(f"{{key}} must be at least {low}; got {value}", key)
+        elif not (math.isfinite(item) and (item > low if strict else item >= low)):
+            bound = f"> {low}" if strict else f"≥ {low}"
+            what = (
+                "positive (a finite number > 0)"
+                if strict and low == 0
+                else f"a finite number {bound}"
+            )
+            raise ConfigError(f"{{key}} must be {what}; got {value}", key)

@@ -53,6 +53,7 @@ def run_experiment(
     strategies: Mapping[str, StrategyFactory] = BUILTIN_STRATEGIES,
     progress: Progress | None = None,
     data: ImageDataset | None = None,
+    quiet: bool = False,
 ) -> RunResult:
     """Train every (seed, strategy) cell of ``config`` and write the run directory.
 
@@ -65,8 +66,11 @@ def run_experiment(
         progress: where progress goes (default: plain lines on stderr).
         data: the data set to build tasks from, instead of the one the config names (e.g. your
             own images); its fingerprint is recorded, and a resume must pass the same data.
+        quiet: report no progress (``progress`` is ignored then).
     """
-    progress = progress or LineProgress()
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer; got {jobs!r}")
+    progress = Progress() if quiet else progress or LineProgress()
     started = time.perf_counter()
     data = data if data is not None else load_data(config)
     _check_strategies(config, strategies)
@@ -173,8 +177,6 @@ def _run_cells(
     jobs: int,
 ) -> dict[Cell, list[list[float]] | str]:
     """Each cell's accuracy matrix, or the message of its divergence."""
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be a positive integer; got {jobs!r}")
     if jobs == 1 or len(cells) == 1:
         if config.training.threads:
             torch.set_num_threads(config.training.threads)

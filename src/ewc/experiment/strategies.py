@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from ewc.experiment.config import ConfigError, build_dataclass
+from ewc.experiment.config import ConfigError, Optimizer, above, at_least, build_dataclass
 from ewc.fisher import FisherKind, diagonal_fisher
 from ewc.penalties import EWC, L2, QuadraticPenalty
 
@@ -34,7 +34,7 @@ class TaskContext:
     train_batches: Iterable[Any]  # the task's training data, in (inputs, targets) batches
     output_fn: Callable[[Any], Tensor] | None  # the task's logits (its head in multi-head models)
     generator: torch.Generator  # for any sampling the strategy does
-    optimizer: str  # "adam" or "sgd"
+    optimizer: Optimizer
     lr: float
 
 
@@ -77,18 +77,18 @@ class Finetune:
 class L2Settings:
     """Hyper-parameters of ``l2``."""
 
-    strength: float = 1.0  # λ
+    strength: float = at_least(0.0, 1.0)  # λ
 
 
 @dataclass(frozen=True)
 class EWCSettings:
     """Hyper-parameters of ``ewc`` and ``online-ewc``."""
 
-    strength: float = 200.0  # λ; the penalty is (λ/2) Σ F (θ − θ*)²
-    fisher: str = "exact"  # exact | sample | empirical | argmax | batched (ewc.FisherKind)
-    fisher_samples: int | None = None  # inputs for the Fisher; None: the task's whole training set
-    samples_per_input: int = 1  # labels drawn per input for fisher = "sample"
-    gamma: float = 1.0  # online decay; only for online-ewc
+    strength: float = at_least(0.0, 200.0)  # λ; the penalty is (λ/2) Σ F (θ − θ*)²
+    fisher: FisherKind = FisherKind.EXACT
+    fisher_samples: int | None = at_least(1, None)  # inputs for the Fisher; None: the whole task
+    samples_per_input: int = at_least(1, 1)  # labels drawn per input for fisher = "sample"
+    gamma: float = above(0.0, 1.0)  # online decay γ ∈ (0, 1]; only for online-ewc
 
 
 class PenaltyStrategy:
@@ -133,7 +133,7 @@ def _sgd_stability_notes(penalty: QuadraticPenalty, context: TaskContext) -> lis
     Gradient descent on (λ/2) Ω θ² multiplies the distance to the anchor by (1 − lr λ Ω) per step,
     so it oscillates and diverges once lr · λ · max Ω ≥ 2.
     """
-    if context.optimizer != "sgd" or not penalty.importance:
+    if Optimizer.parse(context.optimizer) is not Optimizer.SGD or not penalty.importance:
         return []
     largest = max(float(v.max()) for v in penalty.importance.values())
     product = context.lr * penalty.strength * largest
@@ -148,35 +148,36 @@ def _sgd_stability_notes(penalty: QuadraticPenalty, context: TaskContext) -> lis
 
 
 def make_finetune(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
-    build_dataclass(_NoSettings, params, "finetune.")
+    """``finetune``: no settings."""
+    build_dataclass(_NoSettings, params, "")
     return Finetune()
 
 
 def make_l2(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
-    settings = build_dataclass(L2Settings, params, "l2.")
+    """``l2``: (λ/2) Σ_t ‖θ − θ*_t‖²."""
+    settings = build_dataclass(L2Settings, params, "")
     return PenaltyStrategy(L2(model, strength=settings.strength))
 
 
 def make_ewc(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
-    settings = _ewc_settings(params, "ewc.")
+    """``ewc``: one penalty term per task (Kirkpatrick et al. 2017)."""
+    settings = build_dataclass(EWCSettings, params, "")
     if settings.gamma != 1.0:
-        raise ConfigError("ewc.gamma applies to online-ewc only; separate EWC keeps every task")
+        raise ConfigError(
+            "{key} applies to online-ewc only (separate EWC keeps every task); got "
+            f"{settings.gamma}; set type = 'online-ewc' or leave gamma out",
+            "gamma",
+        )
     return PenaltyStrategy(EWC(model, strength=settings.strength), settings)
 
 
 def make_online_ewc(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
-    settings = _ewc_settings(params, "online-ewc.")
+    """``online-ewc``: one running Fisher F ← γ F + F_t (Schwarz et al. 2018)."""
+    settings = build_dataclass(EWCSettings, params, "")
+    if settings.gamma > 1:
+        raise ConfigError(f"{{key}} must be in (0, 1]; got {settings.gamma}", "gamma")
     penalty = EWC(model, strength=settings.strength, mode="online", gamma=settings.gamma)
     return PenaltyStrategy(penalty, settings)
-
-
-def _ewc_settings(params: Mapping[str, Any], prefix: str) -> EWCSettings:
-    settings = build_dataclass(EWCSettings, params, prefix)
-    try:
-        FisherKind.parse(settings.fisher)
-    except ValueError as error:
-        raise ConfigError(f"{prefix}fisher: {error}") from None
-    return settings
 
 
 @dataclass(frozen=True)
@@ -198,10 +199,21 @@ def build_strategy(
     model: nn.Module,
     factories: Mapping[str, StrategyFactory] = BUILTIN_STRATEGIES,
 ) -> Strategy:
-    """Build strategy ``name`` from its config table; ``type`` picks the factory (default: name)."""
+    """Build strategy ``name`` from its config table; ``type`` picks the factory (default: name).
+
+    Raises:
+        ConfigError: an unknown type or a bad setting, named by its full key
+            (``strategies.<name>.<key>``).
+    """
     params = dict(params)
     kind = params.pop("type", name)
     if kind not in factories:
         valid = ", ".join(repr(k) for k in factories)
-        raise ConfigError(f"strategy {name!r} has unknown type {kind!r}; valid types are {valid}")
-    return factories[kind](model, params)
+        raise ConfigError(
+            f"strategy {name!r} has unknown type {kind!r} ({{key}}); valid types are {valid}",
+            f"strategies.{name}.type",
+        )
+    try:
+        return factories[kind](model, params)
+    except ConfigError as error:
+        raise error.within(f"strategies.{name}") from None
