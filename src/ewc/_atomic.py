@@ -8,8 +8,11 @@ exclusively), are flushed and fsynced, the file is renamed over the destination 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
+
+_TEMPORARY = re.compile(r"\.(.+)\.[0-9a-f]{16}\.tmp")
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
@@ -44,6 +47,14 @@ def fsync_directory(directory: str | os.PathLike[str]) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def destination(path: str | os.PathLike[str]) -> Path:
+    """The file that ``path`` is a temporary file of (``path`` itself if it is none), so that an
+    error met while writing can name the file the user knows."""
+    path = Path(path)
+    match = _TEMPORARY.fullmatch(path.name)
+    return path.with_name(match[1]) if match else path
 
 
 def temporary_files(path: str | os.PathLike[str]) -> list[Path]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -50,13 +52,46 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         type=Path,
         help="a folder holding the official IDX files of benchmark.dataset (source = dir)",
     )
-    run.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (mean ± SEM over them)")
+    run.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        help="seeds and ranges, e.g. 0,1,2 or 0-4 or 0-2,7 (mean ± SEM over them)",
+    )
     run.add_argument(
         "--strategies", help="comma-separated strategies to compare, e.g. finetune,ewc"
     )
-    run.add_argument("--jobs", type=int, default=1, help="worker processes for independent cells")
+    run.add_argument(
+        "--jobs", type=_positive_int, default=1, help="worker processes for independent cells"
+    )
+    run.add_argument(
+        "--device",
+        help="where to train: cpu (default), cuda, cuda:N, or auto (CUDA when available); "
+        "sets training.device",
+    )
+    run.add_argument("--quiet", action="store_true", help="print no progress, only the results")
     run.add_argument("--no-report", action="store_true", help="skip plots and report.html")
     run.set_defaults(handler=_run)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """The seeds of ``--seeds``: comma-separated non-negative integers and ranges ``a-b``
+    (both ends included), e.g. ``0,1,2``, ``0-4`` or ``0-2,7``."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", part, re.ASCII)
+        if match is None or (match[2] is not None and int(match[2]) < int(match[1])):
+            raise argparse.ArgumentTypeError(
+                "takes non-negative integers and rising ranges separated by commas, e.g. "
+                f"0,1,2 or 0-4 or 0-2,7; got {text!r}"
+            )
+        seeds.extend(range(int(match[1]), int(match[2] or match[1]) + 1))
+    return seeds
+
+
+def _positive_int(text: str) -> int:
+    if not re.fullmatch(r"[0-9]+", text, re.ASCII) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return int(text)
 
 
 def _add_report(commands: argparse._SubParsersAction) -> None:
@@ -106,13 +141,20 @@ def _run(args: argparse.Namespace) -> int:
     from ewc.experiment.config import ConfigError
     from ewc.experiment.progress import for_stream
     from ewc.experiment.runner import run_experiment
+    from ewc.experiment.storage.checkpoint import CheckpointError
     from ewc.experiment.storage.rundir import RunDirectoryError
 
     run_dir = None
     try:
         config, run_dir = _run_config_and_dir(args)
+        progress = None if args.quiet else for_stream()
         result = run_experiment(
-            config, run_dir, resume=args.resume is not None, jobs=args.jobs, progress=for_stream()
+            config,
+            run_dir,
+            resume=args.resume is not None,
+            jobs=args.jobs,
+            progress=progress,
+            quiet=args.quiet,
         )
     except (
         ConfigError,
@@ -124,9 +166,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ewc run: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = "" if run_dir is None else f"; continue with `ewc run --resume {run_dir}`"
-        print(f"\newc run: interrupted{hint}", file=sys.stderr)
+        print(f"\newc run: interrupted{_resume_hint(run_dir)}", file=sys.stderr)
         return 130
+    except (OSError, CheckpointError) as error:
+        print(f"ewc run: {describe_os_error(error)}{_resume_hint(run_dir)}", file=sys.stderr)
+        return 1
     print()
     print(result.summary.table())
     print(f"\nrun directory: {result.run_dir}  ({result.summary.wall_time_s:.0f} s)")
@@ -135,9 +179,16 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if result.diverged else 0
 
 
+def _resume_hint(run_dir: Path | None) -> str:
+    """How to continue a run that stopped, if it got far enough to be continued."""
+    if run_dir is None or not (Path(run_dir) / "config.json").is_file():
+        return ""
+    return f"; continue with `ewc run --resume {run_dir}`"
+
+
 def _run_config_and_dir(args: argparse.Namespace) -> tuple[Any, Path]:
-    """The resolved config and run directory of `ewc run`'s arguments."""
-    from ewc.experiment.config import from_dict, resolve
+    """The resolved config and run directory of `ewc run`'s arguments (nothing is created)."""
+    from ewc.experiment.config import fill_stream_defaults, from_dict, resolve
     from ewc.experiment.storage.rundir import RunDirectory
 
     overrides = list(args.overrides)
@@ -147,18 +198,20 @@ def _run_config_and_dir(args: argparse.Namespace) -> tuple[Any, Path]:
             f"benchmark.data_dir={json.dumps(str(args.data_dir))}",
         ]
     if args.seeds:
-        overrides.append(f"seeds=[{args.seeds}]")
+        overrides.append(f"seeds={json.dumps(args.seeds)}")
     if args.strategies:
-        names = ", ".join(f'"{name.strip()}"' for name in args.strategies.split(","))
-        overrides.append(f"compare=[{names}]")
+        overrides.append(f"compare={json.dumps([n.strip() for n in args.strategies.split(',')])}")
+    if args.device is not None:
+        overrides.append(f"training.device={json.dumps(args.device)}")
     if args.resume is None:
         config = resolve(args.config, overrides)
         return config, args.out or _fresh_run_dir(config.benchmark.name)
     if args.out is not None:
         raise ValueError("--out and --resume exclude each other: --resume names the run directory")
+    if args.config is not None or overrides:
+        return resolve(args.config, overrides), args.resume
     recorded = from_dict(RunDirectory.open(args.resume).read_config()["config"])
-    changed = args.config is not None or overrides
-    return (resolve(args.config, overrides) if changed else recorded), args.resume
+    return fill_stream_defaults(recorded), args.resume
 
 
 def _fresh_run_dir(benchmark: str) -> Path:
@@ -180,12 +233,15 @@ def _report_or_explain(run_dir: Path) -> bool:
         from ewc.report import write_report
 
         paths = write_report(run_dir)
-    except ImportError as error:
-        print(
-            f"ewc report: plots need matplotlib ({error}); pip install 'ewc[run]'", file=sys.stderr
-        )
+    except ModuleNotFoundError as error:
+        if _optional_dependency(error) is None:
+            raise
+        print(f"ewc report: {missing_dependency_message(error)}", file=sys.stderr)
         return False
-    except (OSError, ValueError) as error:
+    except OSError as error:
+        print(f"ewc report: {describe_os_error(error)}", file=sys.stderr)
+        return False
+    except ValueError as error:
         print(f"ewc report: {error}", file=sys.stderr)
         return False
     print(f"report: {paths.html}")
@@ -208,7 +264,76 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 0
-    return args.handler(args)
+    return _guarded(args)
+
+
+def _guarded(args: argparse.Namespace) -> int:
+    """Run a command's handler; what a user can cause becomes one line on stderr, not a traceback.
+
+    Exit codes: 1 for an OS error (read-only, permission, disk full, missing folder) or a missing
+    optional dependency, 130 for an interrupt.
+    """
+    name = f"ewc {args.command}"
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted", file=sys.stderr)
+        return 130
+    except ModuleNotFoundError as error:
+        if _optional_dependency(error) is None:
+            raise
+        print(f"{name}: {missing_dependency_message(error)}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"{name}: {describe_os_error(error)}", file=sys.stderr)
+        return 1
+
+
+#: The optional dependencies and the extra that installs them.
+_OPTIONAL = {"safetensors": "run", "matplotlib": "run", "tomli": "run"}
+
+#: What to do about the OS errors a user can cause.
+_ADVICE = {
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space (disk quota exceeded)",
+    errno.EROFS: "choose a place on a writable file system",
+    errno.EACCES: "check its permissions or choose another place",
+    errno.EPERM: "check its permissions or choose another place",
+    errno.ENOENT: "check the path",
+}
+
+
+def _optional_dependency(error: ModuleNotFoundError) -> str | None:
+    """The optional dependency whose absence ``error`` reports, or None."""
+    name = error.name or (re.findall(r"'([^']+)'", str(error)) or [""])[0]
+    root = name.partition(".")[0]
+    return root if root in _OPTIONAL else None
+
+
+def missing_dependency_message(error: ModuleNotFoundError) -> str:
+    """``needs safetensors, which is not installed; install it with `pip install 'ewc[run]'```."""
+    name = _optional_dependency(error)
+    extra = _OPTIONAL.get(name or "", "run")
+    return f"needs {name}, which is not installed; install it with `pip install 'ewc[{extra}]'`"
+
+
+def describe_os_error(error: BaseException) -> str:
+    """One line for an OS error: the path, what went wrong, what to do (``/r: Read-only ...``).
+
+    A checkpoint that could not be written is reported as the OS error behind it.
+    """
+    path = getattr(error, "path", None)
+    if not isinstance(error, OSError) and isinstance(error.__cause__, OSError):
+        error = error.__cause__  # a CheckpointError: name the checkpoint file, not its temp file
+    if not isinstance(error, OSError):
+        return str(error)
+    from ewc._atomic import destination
+
+    what = error.strerror or str(error)
+    where = path or (destination(error.filename) if error.filename else None)
+    text = f"{where}: {what}" if where else what
+    advice = _ADVICE.get(error.errno or -1)
+    return f"{text} ({advice})" if advice else text
 
 
 if __name__ == "__main__":

@@ -361,7 +361,7 @@ def build_dataclass(cls: type, data: Any, prefix: str) -> Any:
     values = {}
     for name in fields.keys() & data.keys():
         value = _coerce(data[name], hints[name], prefix + name)
-        _check_range(value, fields[name].metadata, prefix + name)
+        _check_range(value, fields[name].metadata, prefix + name, data[name])
         values[name] = value
     return cls(**values)
 
@@ -406,21 +406,19 @@ def _scalar(value: Any, annotation: type, key: str) -> Any:
     return value
 
 
-def _check_range(value: Any, metadata: Mapping[str, Any], key: str) -> None:
-    """Raise `ConfigError` if ``value`` (or an item of its list) is outside the field's range."""
-    low, strict = metadata.get("at_least"), "above" in metadata
-    low = metadata["above"] if strict else low
+def _check_range(value: Any, metadata: Mapping[str, Any], key: str, given: Any) -> None:
+    """Raise `ConfigError` if ``value`` (or an item of its list) is outside the field's range;
+    the message shows the value as ``given``."""
+    strict = "above" in metadata
+    low = metadata["above"] if strict else metadata.get("at_least")
     for item in value if isinstance(value, list) else [value]:
         if low is None or item is None:
             continue
         if isinstance(item, int) and not strict:
             if item < low:
-                raise ConfigError(f"{{key}} must be at least {low}; got {value}", key)
+                raise ConfigError(f"{{key}} must be at least {low}; got {given}", key)
         elif not (math.isfinite(item) and (item > low if strict else item >= low)):
-            bound = f"> {low}" if strict else f"≥ {low}"
-            what = (
-                "positive (a finite number > 0)"
-                if strict and low == 0
-                else f"a finite number {bound}"
-            )
-            raise ConfigError(f"{{key}} must be {what}; got {value}", key)
+            bound = f"> {low:g}" if strict else f"≥ {low:g}"
+            what = f"a finite number {bound}"
+            what = f"positive ({what})" if strict and low == 0 else what
+            raise ConfigError(f"{{key}} must be {what}; got {given}", key)
