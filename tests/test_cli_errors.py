@@ -323,3 +323,12 @@ def test_a_run_recorded_before_training_device_existed_still_resumes(finished):
     del record["config"]["training"]["device"]  # what config.json held before the key existed
     path.write_text(json.dumps(record))
     assert main(["run", "--resume", str(finished), "--no-report", "--quiet"]) == 0
+
+
+def test_run_experiment_checks_jobs_before_it_creates_anything(tmp_path):
+    from ewc.experiment.config import resolve
+    from ewc.experiment.runner import run_experiment
+
+    with pytest.raises(ValueError, match="jobs must be a positive integer; got 0"):
+        run_experiment(resolve(overrides=TINY), tmp_path / "r", jobs=0)
+    assert not (tmp_path / "r").exists()

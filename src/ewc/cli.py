@@ -208,10 +208,10 @@ def _run_config_and_dir(args: argparse.Namespace) -> tuple[Any, Path]:
         return config, args.out or _fresh_run_dir(config.benchmark.name)
     if args.out is not None:
         raise ValueError("--out and --resume exclude each other: --resume names the run directory")
+    recorded = RunDirectory.open(args.resume).read_config()["config"]
     if args.config is not None or overrides:
         return resolve(args.config, overrides), args.resume
-    recorded = from_dict(RunDirectory.open(args.resume).read_config()["config"])
-    return fill_stream_defaults(recorded), args.resume
+    return fill_stream_defaults(from_dict(recorded)), args.resume
 
 
 def _fresh_run_dir(benchmark: str) -> Path:

@@ -172,14 +172,17 @@ def _plain_dict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 #: Permuted MNIST runs 5 tasks (the literature uses 10) so that the default `ewc run` finishes in
 #: under two minutes on two CPU cores.
 BENCHMARK_DEFAULTS: dict[Benchmark, dict[str, Any]] = {
-    Benchmark.PERMUTED: {"benchmark": {"num_tasks": 5}, "training": {"lr_schedule": "cosine"}},
+    Benchmark.PERMUTED: {
+        "benchmark": {"num_tasks": 5},
+        "training": {"lr_schedule": LrSchedule.COSINE.value},
+    },
     Benchmark.SPLIT: {
         "training": {"epochs": 4},
         "strategies": {"ewc": {"strength": 1e3}, "online-ewc": {"strength": 1e3}},
     },
     # Rotated (0°-144°, one head): EWC's ACC over seeds 0-2 was 64.5% at λ = 50, 69.2% at 200,
     # 65.8% at 1000 and 53.9% at 5000; the rotations share pixels, so the tasks conflict more.
-    Benchmark.ROTATED: {"training": {"lr_schedule": "cosine"}},
+    Benchmark.ROTATED: {"training": {"lr_schedule": LrSchedule.COSINE.value}},
 }
 
 #: The strategies every config defines (more can be added under new names with a ``type``).
@@ -253,7 +256,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     kind, sep, index = device.partition(":")
-    if device == "cpu" or (kind == "cuda" and (not sep or index.isdigit())):
+    if device == "cpu" or (kind == "cuda" and (not sep or (index.isascii() and index.isdigit()))):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if device != "cpu" and count <= int(index or 0):
             raise ConfigError(
