@@ -148,13 +148,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config, run_dir = _run_config_and_dir(args)
         progress = None if args.quiet else for_stream()
+        resume = args.resume is not None
         result = run_experiment(
-            config,
-            run_dir,
-            resume=args.resume is not None,
-            jobs=args.jobs,
-            progress=progress,
-            quiet=args.quiet,
+            config, run_dir, resume=resume, jobs=args.jobs, progress=progress, quiet=args.quiet
         )
     except (
         ConfigError,
@@ -171,6 +167,11 @@ def _run(args: argparse.Namespace) -> int:
     except (OSError, CheckpointError) as error:
         print(f"ewc run: {describe_os_error(error)}{_resume_hint(run_dir)}", file=sys.stderr)
         return 1
+    return _finish(result, args)
+
+
+def _finish(result: Any, args: argparse.Namespace) -> int:
+    """Print the summary of a run, write its report; exit 1 if a cell diverged."""
     print()
     print(result.summary.table())
     print(f"\nrun directory: {result.run_dir}  ({result.summary.wall_time_s:.0f} s)")
