@@ -116,6 +116,7 @@ BENCHMARK_DEFAULTS: dict[str, dict[str, Any]] = {
             "l2": {"strength": 1.0},
             "ewc": {"strength": 200.0},
             "online-ewc": {"strength": 200.0},
+            "kfac-ewc": {"strength": 200.0},
         },
     },
     "split": {
@@ -124,6 +125,7 @@ BENCHMARK_DEFAULTS: dict[str, dict[str, Any]] = {
             "l2": {"strength": 1.0},
             "ewc": {"strength": 1e3},
             "online-ewc": {"strength": 1e3},
+            "kfac-ewc": {"strength": 1e3},
         },
     },
     # Rotated (0°-144°, one head): EWC's ACC over seeds 0-2 was 64.5% at λ = 50, 69.2% at 200,
@@ -134,6 +136,7 @@ BENCHMARK_DEFAULTS: dict[str, dict[str, Any]] = {
             "l2": {"strength": 1.0},
             "ewc": {"strength": 200.0},
             "online-ewc": {"strength": 200.0},
+            "kfac-ewc": {"strength": 200.0},
         },
     },
 }
@@ -144,6 +147,7 @@ BASE_STRATEGIES: dict[str, dict[str, Any]] = {
     "l2": {"strength": 1.0},
     "ewc": {"strength": 200.0, "fisher": "exact", "fisher_samples": None},
     "online-ewc": {"strength": 200.0, "gamma": 1.0, "fisher": "exact", "fisher_samples": None},
+    "kfac-ewc": {"strength": 200.0, "fisher": "exact", "fisher_samples": None},
 }
 
 
