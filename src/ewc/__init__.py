@@ -4,7 +4,7 @@ The public API, grouped: Fisher estimation, penalties, training.
 """
 
 from ewc._version import __version__
-from ewc.fisher import DiagonalFisher, FisherKind, diagonal_fisher
+from ewc.fisher import DiagonalFisher, FisherKind, KroneckerFisher, diagonal_fisher, kfac_fisher
 from ewc.penalties import EWC, L2, PenaltyMode, QuadraticPenalty
 from ewc.training import NonFiniteLossError, evaluate, train_epoch
 
@@ -14,6 +14,8 @@ __all__ = [
     "DiagonalFisher",
     "FisherKind",
     "diagonal_fisher",
+    "KroneckerFisher",
+    "kfac_fisher",
     # penalties
     "EWC",
     "L2",

@@ -17,6 +17,11 @@ With several old tasks t there are two published variants:
   anchor moves to the latest θ*; γ ∈ (0, 1] forgets old tasks gradually.
 
 The L2 baseline of the paper is the same penalty with F = 1 for every parameter.
+
+EWC also takes a K-FAC Fisher (`ewc.kfac_fisher`, Ritter et al. 2018): its Linear and Conv2d
+layers then contribute (λ/2) vec(θ − θ*)ᵀ (G ⊗ A) vec(θ − θ*) per layer instead of a diagonal
+term (the tasks' Kronecker terms are kept apart, see `ewc._kronecker_terms`), and the remaining
+parameters keep the diagonal of the same kind.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ewc._choices import Choice
+from ewc._kronecker_terms import KroneckerTerms
 from ewc.fisher import DiagonalFisher
+from ewc.fisher.kronecker import KroneckerFisher
 
 
 class PenaltyMode(Choice):
@@ -76,6 +83,7 @@ class QuadraticPenalty:
         self._importance: dict[str, Tensor] = {}
         self._anchor: dict[str, Tensor] = {}
         self._constant = torch.zeros((), dtype=torch.float64)
+        self._kronecker = KroneckerTerms()
 
     @property
     def strength(self) -> float:
@@ -154,9 +162,19 @@ class QuadraticPenalty:
         squares = sum(
             torch.dot(w.flatten(), d.flatten()) for w, d in zip(weighted, differences, strict=True)
         )
+        if self._kronecker.terms:
+            squares = squares + self._add_kronecker(names, weighted)
         value = 0.5 * self.strength * (squares + self._constant.to(squares))
         torch._foreach_mul_(weighted, self.strength)
         return value, weighted
+
+    def _add_kronecker(self, names: list[str], weighted: list[Tensor]) -> Tensor:
+        """Add ½ ∂/∂θ of the Kronecker terms (G Δ A per block) into ``weighted``; their value."""
+        value, gradients = self._kronecker.value_and_gradient(self._params)
+        for name, w in zip(names, weighted, strict=True):
+            if name in gradients:
+                w.add_(gradients[name], alpha=0.5)
+        return value.to(weighted[0].dtype)
 
     def _consolidate(self, importance: Mapping[str, Tensor], kind: str | None) -> None:
         """Add one task's term: importance F at the model's current parameters θ*."""
@@ -218,6 +236,7 @@ class QuadraticPenalty:
             "importance": dict(self._importance),
             "anchor": dict(self._anchor),
             "constant": self._constant.clone(),
+            **({"kronecker": self._kronecker.state_dict()} if self._kronecker.terms else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -236,11 +255,13 @@ class QuadraticPenalty:
         self._params = params if self.num_tasks else {}
         self._importance, self._anchor = importance, anchor
         self._constant = state["constant"].detach().to(torch.float64).clone()
+        self._kronecker.load_state_dict(state.get("kronecker", []))
 
     def to(self, *args: Any, **kwargs: Any) -> QuadraticPenalty:
         """Move or cast the stored Ω and θ̄ like `Tensor.to`; returns self."""
         self._importance = {n: t.to(*args, **kwargs) for n, t in self._importance.items()}
         self._anchor = {n: t.to(*args, **kwargs) for n, t in self._anchor.items()}
+        self._kronecker.to(*args, **kwargs)
         return self
 
 
@@ -272,15 +293,37 @@ class EWC(QuadraticPenalty):
         >>> loss = F.cross_entropy(model(x), y) + penalty()            # while training task B
     """
 
-    def consolidate(self, fisher: DiagonalFisher | Mapping[str, Tensor]) -> None:
+    def consolidate(self, fisher: DiagonalFisher | KroneckerFisher | Mapping[str, Tensor]) -> None:
         """Anchor the model's current trainable parameters with this Fisher (one more task).
 
         Args:
-            fisher: a `DiagonalFisher` (its kind is recorded and must match earlier ones) or a
+            fisher: a `DiagonalFisher` (its kind is recorded and must match earlier ones), a
+                `KroneckerFisher` from `ewc.kfac_fisher` (recorded as ``"kfac-<kind>"``), or a
                 mapping from every trainable parameter's name to a finite, non-negative tensor.
         """
+        if isinstance(fisher, KroneckerFisher):
+            self._consolidate_kronecker(fisher)
+            return
         kind = fisher.kind.value if isinstance(fisher, DiagonalFisher) else None
         self._consolidate(fisher, kind)
+
+    def _consolidate_kronecker(self, fisher: KroneckerFisher) -> None:
+        """The diagonal part through the merged quadratic (zero where a block covers), then the
+        blocks as one more Kronecker term."""
+        params = self._trainable()
+        covered = set(fisher.covered)
+        importance = {
+            name: torch.zeros_like(p) if name in covered else fisher.diagonal[name]
+            for name, p in params.items()
+            if name in covered or (fisher.diagonal is not None and name in fisher.diagonal)
+        }
+        self._consolidate(importance, f"kfac-{fisher.kind.value}")
+        blocks = [block.to(device=self._device()) for block in fisher.blocks.values()]
+        online = self.mode is PenaltyMode.ONLINE
+        self._kronecker.add(blocks, self._params, self.gamma, online)
+
+    def _device(self) -> torch.device:
+        return next(iter(self._params.values())).device
 
 
 class L2(QuadraticPenalty):

@@ -11,6 +11,7 @@ from ewc.data import DatasetName, Source
 from ewc.experiment.config import (
     BASE_STRATEGIES,
     BENCHMARK_DEFAULTS,
+    OPTIONAL_STRATEGIES,
     ConfigError,
     Optimizer,
     RunConfig,
@@ -220,7 +221,8 @@ def test_benchmark_defaults_only_hold_what_differs_from_the_base():
             else:
                 yield f"{prefix}{key}", value
 
-    base = dict(leaves({**RunConfig().to_dict(), "strategies": BASE_STRATEGIES}))
+    strategies = {**BASE_STRATEGIES, **OPTIONAL_STRATEGIES}
+    base = dict(leaves({**RunConfig().to_dict(), "strategies": strategies}))
     for name, table in BENCHMARK_DEFAULTS.items():
         for key, value in leaves(table):
             assert base[key] != value, f"{name}: {key} = {value!r} is the base default"
@@ -300,3 +302,16 @@ def test_a_config_error_can_be_placed_under_a_table():
         "strategies.ewc.fisher_samples must be at least 1; got 0"
     )
     assert str(ConfigError("plain").within("x")) == "plain"
+
+
+def test_optional_strategies_are_in_the_config_only_when_used():
+    assert "kfac-ewc" not in resolve().strategies
+    assert "kfac-ewc" not in resolve(overrides=["benchmark.name=split"]).strategies
+    chosen = resolve(overrides=["compare=['ewc', 'kfac-ewc']", "benchmark.name=split"])
+    assert chosen.strategies["kfac-ewc"] == {
+        "strength": 1e3,
+        "fisher": "exact",
+        "fisher_samples": None,
+    }
+    tuned = resolve(overrides=["strategies.kfac-ewc.strength=5.0"])
+    assert tuned.strategies["kfac-ewc"]["strength"] == 5.0

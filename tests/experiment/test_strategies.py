@@ -133,5 +133,29 @@ def test_bad_settings_are_named(model, name, params, message):
         build_strategy(name, params, model)
 
 
-def test_the_builtins_are_the_four_documented_strategies():
-    assert list(BUILTIN_STRATEGIES) == ["finetune", "l2", "ewc", "online-ewc"]
+def test_the_builtins_are_the_documented_strategies():
+    assert list(BUILTIN_STRATEGIES) == ["finetune", "l2", "ewc", "online-ewc", "kfac-ewc"]
+
+
+def test_kfac_ewc_consolidates_kronecker_blocks():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    strategy = build_strategy("kfac-ewc", {"strength": 3.0, "fisher": "exact"}, net)
+    assert strategy.after_task(context(net)) == []
+    penalty = strategy.penalty()
+    assert penalty.fisher_kind == "kfac-exact"
+    with torch.no_grad():
+        net[0].weight.add_(0.5)
+    assert float(penalty().detach()) > 0
+    restored = build_strategy("kfac-ewc", {"strength": 3.0}, net)
+    restored.load_state_dict(strategy.state_dict())
+    assert torch.equal(restored.penalty()().detach(), penalty().detach())
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [({"fisher": "batched"}, "no Kronecker factors"), ({"gamma": 0.5}, "gamma must be 1")],
+)
+def test_kfac_ewc_rejects_what_it_cannot_do(model, params, message):
+    with pytest.raises(ConfigError, match=message):
+        build_strategy("kfac-ewc", params, model)

@@ -178,7 +178,11 @@ BENCHMARK_DEFAULTS: dict[Benchmark, dict[str, Any]] = {
     },
     Benchmark.SPLIT: {
         "training": {"epochs": 4},
-        "strategies": {"ewc": {"strength": 1e3}, "online-ewc": {"strength": 1e3}},
+        "strategies": {
+            "ewc": {"strength": 1e3},
+            "online-ewc": {"strength": 1e3},
+            "kfac-ewc": {"strength": 1e3},
+        },
     },
     # Rotated (0°-144°, one head): EWC's ACC over seeds 0-2 was 64.5% at λ = 50, 69.2% at 200,
     # 65.8% at 1000 and 53.9% at 5000; the rotations share pixels, so the tasks conflict more.
@@ -198,6 +202,13 @@ BASE_STRATEGIES: dict[str, dict[str, Any]] = {
     },
 }
 
+#: Strategies a config holds only when ``compare`` names them or the user sets them: a config
+#: that uses none of them resolves exactly as before they existed (same ``config.json``, same
+#: hash), and one that does records their settings like any other.
+OPTIONAL_STRATEGIES: dict[str, dict[str, Any]] = {
+    "kfac-ewc": {"strength": 200.0, "fisher": FisherKind.EXACT.value, "fisher_samples": None},
+}
+
 
 def defaults_for(benchmark: Benchmark | str) -> dict[str, Any]:
     """The default config of a benchmark, as nested plain data."""
@@ -207,7 +218,7 @@ def defaults_for(benchmark: Benchmark | str) -> dict[str, Any]:
         raise ConfigError(f"{{key}}: {error}", "benchmark.name") from None
     base = RunConfig().to_dict()
     base["benchmark"]["name"] = name.value
-    base["strategies"] = json.loads(json.dumps(BASE_STRATEGIES))
+    base["strategies"] = json.loads(json.dumps({**BASE_STRATEGIES, **OPTIONAL_STRATEGIES}))
     return merge(base, BENCHMARK_DEFAULTS[name])
 
 
@@ -216,9 +227,20 @@ def resolve(file: str | Path | None = None, overrides: Sequence[str] = ()) -> Ru
     from_file = load_toml(file) if file is not None else {}
     from_overrides = parse_overrides(overrides)
     name = _benchmark_name(from_overrides) or _benchmark_name(from_file) or Benchmark.PERMUTED
-    return fill_stream_defaults(
-        from_dict(merge(merge(defaults_for(name), from_file), from_overrides))
-    )
+    merged = merge(merge(defaults_for(name), from_file), from_overrides)
+    _drop_unused_optional(merged, [from_file, from_overrides])
+    return fill_stream_defaults(from_dict(merged))
+
+
+def _drop_unused_optional(merged: dict[str, Any], given: list[Mapping[str, Any]]) -> None:
+    """Remove the `OPTIONAL_STRATEGIES` that ``compare`` does not name and no user input sets."""
+    chosen = set(merged.get("compare") or [])
+    for source in given:
+        strategies = source.get("strategies")
+        chosen |= set(strategies) if isinstance(strategies, Mapping) else set()
+    for name in OPTIONAL_STRATEGIES:
+        if name not in chosen:
+            merged["strategies"].pop(name, None)
 
 
 def fill_stream_defaults(config: RunConfig) -> RunConfig:

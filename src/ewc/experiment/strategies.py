@@ -9,6 +9,8 @@ runner. Built-ins:
 - ``l2``: (λ/2) Σ_t ‖θ − θ*_t‖² (Kirkpatrick et al. 2017's L2 baseline).
 - ``ewc``: (λ/2) Σ_t Σ_i F_t,i (θ_i − θ*_t,i)², one term per task (Kirkpatrick et al. 2017).
 - ``online-ewc``: one running Fisher F ← γ F + F_t at the latest anchor (Schwarz et al. 2018).
+- ``kfac-ewc``: EWC with a K-FAC Fisher, G ⊗ A per Linear / Conv2d layer and the diagonal for
+  the rest (Ritter et al. 2018; `ewc.kfac_fisher`); the tasks' Kronecker terms are kept apart.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ewc.experiment.config import ConfigError, Optimizer, above, at_least, build_dataclass
-from ewc.fisher import FisherKind, diagonal_fisher
+from ewc.fisher import FisherKind, diagonal_fisher, kfac_fisher
 from ewc.penalties import EWC, L2, QuadraticPenalty
 
 
@@ -94,9 +96,15 @@ class EWCSettings:
 class PenaltyStrategy:
     """A strategy built on a quadratic penalty: train with it, consolidate after each task."""
 
-    def __init__(self, penalty: QuadraticPenalty, settings: EWCSettings | None = None):
+    def __init__(
+        self,
+        penalty: QuadraticPenalty,
+        settings: EWCSettings | None = None,
+        estimator: Callable[..., Any] = diagonal_fisher,
+    ):
         self._penalty = penalty
         self.settings = settings
+        self._estimator = estimator
 
     def penalty(self) -> QuadraticPenalty:
         return self._penalty
@@ -110,7 +118,7 @@ class PenaltyStrategy:
 
     def _fisher(self, context: TaskContext) -> Any:
         s = self.settings
-        return diagonal_fisher(
+        return self._estimator(
             context.model,
             context.train_batches,
             s.fisher,
@@ -180,6 +188,24 @@ def make_online_ewc(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
     return PenaltyStrategy(penalty, settings)
 
 
+def make_kfac_ewc(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
+    """``kfac-ewc``: EWC on K-FAC blocks, one term per task (Ritter et al. 2018)."""
+    settings = build_dataclass(EWCSettings, params, "")
+    if settings.gamma != 1.0:
+        raise ConfigError(
+            f"{{key}}: kfac-ewc keeps every task's terms, so gamma must be 1; got {settings.gamma}",
+            "gamma",
+        )
+    if not settings.fisher.per_sample:
+        raise ConfigError(
+            "{key}: 'batched' squares mini-batch gradients and has no Kronecker factors; "
+            "use 'exact', 'sample', 'empirical' or 'argmax'",
+            "fisher",
+        )
+    penalty = EWC(model, strength=settings.strength)
+    return PenaltyStrategy(penalty, settings, estimator=kfac_fisher)
+
+
 @dataclass(frozen=True)
 class _NoSettings:
     """``finetune`` takes no hyper-parameters."""
@@ -190,6 +216,7 @@ BUILTIN_STRATEGIES: dict[str, StrategyFactory] = {
     "l2": make_l2,
     "ewc": make_ewc,
     "online-ewc": make_online_ewc,
+    "kfac-ewc": make_kfac_ewc,
 }
 
 

@@ -1,7 +1,16 @@
-"""Diagonal Fisher information: named estimators, per-layer rules, the `DiagonalFisher` result."""
+"""Fisher information: the diagonal (named estimators, per-layer rules) and K-FAC blocks."""
 
 from ewc.fisher.diagonal import DiagonalFisher
 from ewc.fisher.estimator import diagonal_fisher
+from ewc.fisher.kfac import kfac_fisher
 from ewc.fisher.kinds import FisherKind
+from ewc.fisher.kronecker import KroneckerFactors, KroneckerFisher
 
-__all__ = ["DiagonalFisher", "FisherKind", "diagonal_fisher"]
+__all__ = [
+    "DiagonalFisher",
+    "FisherKind",
+    "KroneckerFactors",
+    "KroneckerFisher",
+    "diagonal_fisher",
+    "kfac_fisher",
+]
