@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from ewc.cli import main
 
 
@@ -32,3 +34,18 @@ def test_a_file_failing_its_official_checksum_is_refused_and_not_kept(
 def test_unknown_data_sets_are_named(capsys, tmp_path):
     assert main(["download", "cifar10", "--cache-dir", str(tmp_path)]) == 1
     assert "cifar10" in capsys.readouterr().err
+
+
+def test_offline_download_leaves_no_cache_folder(tmp_path, capsys):
+    with socket.socket() as probe:  # a port that was free a moment ago, with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cache = tmp_path / "cache"
+    args = ["download", "mnist", "--cache-dir", str(cache), "--timeout", "5"]
+    assert main([*args, "--mirror", f"http://127.0.0.1:{port}/mnist/"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(
+        "ewc download: train-images-idx3-ubyte.gz: no mirror delivered a verified copy; tried:"
+    )
+    assert f"http://127.0.0.1:{port}/mnist/train-images-idx3-ubyte.gz: URLError:" in error
+    assert not cache.exists()
