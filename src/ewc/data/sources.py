@@ -85,7 +85,10 @@ def load_dataset(
     """
     spec, chosen = get_spec(name), Source.parse(source)
     if chosen is not Source.AUTO and (reason := _unavailable(spec, chosen, data_dir)):
-        raise ValueError(f"source={chosen.value!r} cannot load {spec.name.value!r}: {reason}")
+        raise ValueError(
+            f"source={chosen.value!r} cannot load {spec.name.value!r}: {reason}; "
+            "source='auto' looks in every source (data_dir, cache, Debian, embedded)"
+        )
     table = spec.checksums if checksums is None else checksums
     tried: list[str] = []
     for candidate in _AUTO_ORDER if chosen is Source.AUTO else (chosen,):
