@@ -225,40 +225,27 @@ def test_offline_creates_no_cache_folder(kit, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_failed_write_removes_the_folders_it_created(kit, http_server, tmp_path, monkeypatch):
+def disk_full(path, data):
+    """A stand-in for write_bytes_atomic on a full disk."""
+    raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_write_removes_only_the_folders_it_created(
+    kit, http_server, tmp_path, monkeypatch, existing
+):
     data = kit.data(seed=9)
-
-    def disk_full(path, data):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
-
+    root = tmp_path / "root"
+    if existing:
+        (root / "mnist").mkdir(parents=True)
     monkeypatch.setattr(DOWNLOADER, "write_bytes_atomic", disk_full)
     with pytest.raises(OSError, match="No space left on device"):
         download(
-            "mnist",
-            cache_dir=tmp_path / "new",
-            mirrors=[serve(http_server, data)],
-            checksums=data.gz_checksums,
+            "mnist", cache_dir=root, mirrors=[serve(http_server, data)], checksums=data.gz_checksums
         )
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_a_failed_write_keeps_a_folder_that_was_there(kit, http_server, tmp_path, monkeypatch):
-    data = kit.data(seed=10)
-    (tmp_path / "mnist").mkdir()
-
-    def disk_full(path, data):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
-
-    monkeypatch.setattr(DOWNLOADER, "write_bytes_atomic", disk_full)
-    with pytest.raises(OSError, match="No space left on device"):
-        download(
-            "mnist",
-            cache_dir=tmp_path,
-            mirrors=[serve(http_server, data)],
-            checksums=data.gz_checksums,
-        )
-    assert list(tmp_path.iterdir()) == [tmp_path / "mnist"]
-    assert list((tmp_path / "mnist").iterdir()) == []
+    assert [p.relative_to(tmp_path) for p in tmp_path.rglob("*")] == (
+        [Path("root"), Path("root/mnist")] if existing else []
+    )
 
 
 def test_verified_files_are_written_through_the_atomic_writer(
