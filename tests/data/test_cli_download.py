@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
+
+import pytest
 
 from ewc.cli import main
 
@@ -49,3 +52,25 @@ def test_offline_download_leaves_no_cache_folder(tmp_path, capsys):
     )
     assert f"http://127.0.0.1:{port}/mnist/train-images-idx3-ubyte.gz: URLError:" in error
     assert not cache.exists()
+
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mnist"
+
+
+@pytest.mark.skipif(
+    not (SHARED_MNIST / "train-images-idx3-ubyte.gz").is_file(), reason="no shared MNIST files"
+)
+def test_the_real_mnist_files_pass_the_official_checksums(http_server, tmp_path, capsys):
+    """Served from 127.0.0.1: the official test files, and training files recompressed from the
+    official content (accepted through the content digest)."""
+    for path in SHARED_MNIST.glob("*.gz"):
+        http_server.serve(f"/mnist/{path.name}", path.read_bytes())
+    cache = tmp_path / "cache"
+    mirror = ["--mirror", f"{http_server.url}/mnist/"]
+    assert main(["download", "mnist", "--cache-dir", str(cache), *mirror]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == str(cache / "mnist")
+    assert all(line.endswith("checksum verified") for line in lines[:-1])
+    assert sorted(p.name for p in (cache / "mnist").iterdir()) == sorted(
+        p.name for p in SHARED_MNIST.glob("*.gz")
+    )
