@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import json
 import os
 import sys
@@ -190,6 +191,9 @@ def test_an_unwritable_cache_is_one_line(tmp_path, capsys, monkeypatch):
         return real_mkdir(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "mkdir", refused)
+    # a mirror that delivers a verified file, so that the download reaches the cache folder
+    downloader = importlib.import_module("ewc.data.download")
+    monkeypatch.setattr(downloader, "_download_verified", lambda *args: b"verified")
     assert (
         main(["download", "mnist", "--cache-dir", str(cache), "--mirror", "http://0.0.0.0:9"]) == 1
     )

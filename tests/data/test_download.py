@@ -6,16 +6,21 @@ their digests. After every failure the target folder must hold no partial file.
 
 from __future__ import annotations
 
+import errno
+import importlib
 import re
 import socket
+from pathlib import Path
 
 import pytest
 import torch
 
+from ewc import _atomic as ewc_atomic
 from ewc.data import DataFileError, DownloadError, download, get_spec, load_dataset
 from ewc.data.download import _download_verified
 
 LABELS = "t10k-labels-idx1-ubyte.gz"
+DOWNLOADER = importlib.import_module("ewc.data.download")  # the module, not ewc.data.download()
 
 
 def serve(server, data, prefix: str = "/mnist") -> str:
@@ -26,10 +31,19 @@ def serve(server, data, prefix: str = "/mnist") -> str:
 
 
 def leftovers(folder) -> list[str]:
-    """Names in ``folder`` that are not one of the four final file names."""
+    """Names in ``folder`` that are not one of the four final file names (none: no folder)."""
     finals = {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"}
     finals |= {"t10k-images-idx3-ubyte.gz", LABELS}
+    if not folder.exists():
+        return []
     return sorted(p.name for p in folder.iterdir() if p.name not in finals)
+
+
+def free_port() -> int:
+    """A port that was free a moment ago, with nobody listening."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def test_download_then_load(kit, http_server, tmp_path):
@@ -145,9 +159,7 @@ def test_next_mirror_is_tried(kit, http_server, tmp_path):
 
 
 def test_unreachable_server(kit, tmp_path):
-    with socket.socket() as probe:  # a port that was free a moment ago, with nobody listening
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     data = kit.data()
     with pytest.raises(DownloadError, match=f"127.0.0.1:{port}/x/train-images-idx3-ubyte.gz: "):
         download(
@@ -198,3 +210,58 @@ def test_checksum_failure_is_a_data_file_error_inside(kit, http_server, tmp_path
     with pytest.raises(DataFileError, match=rf"^{http_server.url}/f: checksum mismatch"):
         _download_verified(f"{http_server.url}/f", tmp_path / LABELS, {LABELS: "0" * 32}, 5.0, "")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_offline_creates_no_cache_folder(kit, tmp_path):
+    root = tmp_path / "new" / "cache"
+    with pytest.raises(DownloadError, match=r"train-images-idx3-ubyte\.gz: no mirror delivered"):
+        download(
+            "mnist",
+            cache_dir=root,
+            mirrors=[f"http://127.0.0.1:{free_port()}/x"],
+            checksums=kit.data().gz_checksums,
+            timeout=5.0,
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def disk_full(path, data):
+    """A stand-in for write_bytes_atomic on a full disk."""
+    raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_write_removes_only_the_folders_it_created(
+    kit, http_server, tmp_path, monkeypatch, existing
+):
+    data = kit.data(seed=9)
+    root = tmp_path / "root"
+    if existing:
+        (root / "mnist").mkdir(parents=True)
+    monkeypatch.setattr(DOWNLOADER, "write_bytes_atomic", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        download(
+            "mnist", cache_dir=root, mirrors=[serve(http_server, data)], checksums=data.gz_checksums
+        )
+    assert [p.relative_to(tmp_path) for p in tmp_path.rglob("*")] == (
+        [Path("root"), Path("root/mnist")] if existing else []
+    )
+
+
+def test_verified_files_are_written_through_the_atomic_writer(
+    kit, http_server, tmp_path, monkeypatch
+):
+    data = kit.data(seed=11)
+    written: list[str] = []
+    real = ewc_atomic.write_bytes_atomic
+
+    def spy(path, body):
+        written.append(Path(path).name)
+        real(path, body)
+
+    monkeypatch.setattr(DOWNLOADER, "write_bytes_atomic", spy)
+    download(
+        "mnist", cache_dir=tmp_path, mirrors=[serve(http_server, data)], checksums=data.gz_checksums
+    )
+    assert sorted(written) == sorted(data.gz_files)
+    assert leftovers(tmp_path / "mnist") == []

@@ -7,6 +7,7 @@ neither the user's cache nor an installed Debian package can make a test pass.
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from ewc.data import (
     default_cache_dir,
     load_dataset,
 )
+from ewc.data.sources import _AUTO_ORDER
 
 
 def assert_same_data(loaded, data) -> None:
@@ -254,3 +256,21 @@ def test_real_debian_fashion_mnist(tmp_path):
     assert torch.bincount(loaded.train_labels).tolist() == [6000] * 10
     assert torch.bincount(loaded.test_labels).tolist() == [1000] * 10
     assert loaded.classes[9] == "Ankle boot"
+
+
+def test_a_source_that_cannot_have_the_data_set_points_to_auto(isolated):
+    with pytest.raises(ValueError, match="source='embedded' cannot load") as caught:
+        load_dataset("fashion-mnist", source="embedded", **isolated)
+    assert str(caught.value) == (
+        "source='embedded' cannot load 'fashion-mnist': only mnist is embedded; "
+        "source='auto' looks in every source (data_dir, cache, Debian, embedded)"
+    )
+
+
+def test_the_readme_lists_the_sources_in_the_order_auto_tries_them():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    data = readme[readme.index("## Data") :]
+    data = data[: data.index("\n## ")]
+    listed = re.findall(r"^- `(\w+)`:", data, re.M)
+    assert listed == [source.value for source in _AUTO_ORDER]
+    assert "train-images.idx3-ubyte" in data

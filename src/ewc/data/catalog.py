@@ -32,6 +32,40 @@ IDX_FILES: tuple[str, ...] = (
 test images, test labels."""
 
 
+def file_names(base: str) -> tuple[str, str]:
+    """The names under which the IDX file ``base`` (one of :data:`IDX_FILES`) is found.
+
+    The official name (``train-images-idx3-ubyte``) and the same with a dot before ``idx``
+    (``train-images.idx3-ubyte``), as Kaggle and many mirrors name the files; each may also carry
+    ``.gz``. Both spellings hold the same bytes, so both are checked against the official digests.
+    """
+    stem, _, kind = base.rpartition("-idx")
+    return base, f"{stem}.idx{kind}"
+
+
+def official_name(file_name: str) -> str | None:
+    """The official name of a file found under any name of :func:`file_names`, ``.gz`` kept.
+
+    ``"train-images.idx3-ubyte.gz"`` → ``"train-images-idx3-ubyte.gz"``; None for a name that is
+    none of the four files.
+    """
+    base, suffix = (file_name[:-3], ".gz") if file_name.endswith(".gz") else (file_name, "")
+    for official in IDX_FILES:
+        if base in file_names(official):
+            return official + suffix
+    return None
+
+
+def _digests(
+    gz: tuple[str, str, str, str], content: tuple[str, str, str, str] | None = None
+) -> Mapping[str, str]:
+    """A checksum table from the MD5s of the ``.gz`` files and of their content, in IDX order."""
+    table = {f"{base}.gz": digest for base, digest in zip(IDX_FILES, gz, strict=True)}
+    if content is not None:
+        table.update(zip(IDX_FILES, content, strict=True))
+    return MappingProxyType(table)
+
+
 class DatasetName(Choice):
     """The data sets that :func:`ewc.data.load_dataset` and :func:`ewc.data.download` know."""
 
@@ -71,17 +105,19 @@ _MNIST = DatasetSpec(
         "https://ossci-datasets.s3.amazonaws.com/mnist/",
         "https://storage.googleapis.com/cvdf-datasets/mnist/",
     ),
-    checksums=MappingProxyType(
-        {
-            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-        }
+    checksums=_digests(
+        gz=(
+            "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "d53e105ee54ea40749a09fcbcd1e9432",
+            "9fb629c4189551a2d022fa330f9573f3",
+            "ec29112dd5afa0611ce80d1b7f02629c",
+        ),
+        content=(
+            "6bbc9ace898e44ae57da46a324031adb",
+            "a25bea736e30d166cdddb491f175f624",
+            "2646ac647ad5339dbf082846283269ea",
+            "27ae3e4e09519cfbb04c329615203637",
+        ),
     ),
     licence="MNIST by Yann LeCun, Corinna Cortes and Christopher J.C. Burges; CC BY-SA 3.0",
 )
@@ -106,17 +142,19 @@ _FASHION_MNIST = DatasetSpec(
         "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
     ),
-    checksums=MappingProxyType(
-        {
-            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-            "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
-            "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
-            "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
-            "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
-        }
+    checksums=_digests(
+        gz=(
+            "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "25c81989df183df01b3e8a0aad5dffbe",
+            "bef4ecab320f06d8554ea6380940ec79",
+            "bb300cfdad3c16e7a12a480ee83cd310",
+        ),
+        content=(
+            "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            "9018921c3c673c538a1fc5bad174d6f9",
+            "8181f5470baa50b63fa0f6fddb340f0a",
+            "15d484375f8d13e6eb1aabb0c3f46965",
+        ),
     ),
     licence="Fashion-MNIST by Zalando SE (Xiao, Rasul and Vollgraf, 2017); MIT licence",
 )
@@ -127,13 +165,13 @@ _KMNIST = DatasetSpec(
     # Romanised readings of the hiragana お き す つ な は ま や れ を (labels 0..9).
     classes=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
     mirrors=("https://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
-    checksums=MappingProxyType(
-        {
-            "train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
-            "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
-            "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
-            "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134",
-        }
+    checksums=_digests(
+        gz=(
+            "bdb82020997e1d708af4cf47b453dcf7",
+            "e144d726b3acfaa3e44228e80efcd344",
+            "5c965bf0a639b31b8f53240b1b52f4d7",
+            "7320c461ea6c1c855c0b718fb2a4b134",
+        ),
     ),
     licence=(
         "KMNIST by CODH (Clanuwat et al., 2018), adapted from the Kuzushiji data set of NIJL "

@@ -3,30 +3,32 @@
 For each file, :func:`download`:
 
 1. keeps an existing file whose checksum matches (it is never downloaded again);
-2. otherwise tries each mirror in order: the response is streamed into a temporary file in the
-   target folder (``.<name>.<random>.part``), the byte count is compared with ``Content-Length``,
-   the file is flushed and ``fsync``-ed, its checksum verified, and only then renamed onto the final
-   name with :func:`os.replace` (atomic on POSIX and Windows), after which the folder is
-   ``fsync``-ed so that the rename survives a crash;
-3. removes the temporary file whatever happens, so a failed, truncated or corrupt download never
-   leaves anything behind, and the final name only ever holds a verified file.
+2. otherwise tries each mirror in order: the response is read into memory (the largest file is
+   18 MB), the byte count is compared with ``Content-Length`` and the checksum verified; only a
+   verified copy is written, with :func:`ewc._atomic.write_bytes_atomic` (a temporary file beside
+   the final name, fsynced, renamed over it, the folder fsynced), so the final name only ever
+   holds a verified file and a crash leaves no partial one;
+3. creates the cache folders only when a verified file is about to be written, and removes the
+   folders it created if that write fails: a download that fails (offline, say) leaves nothing.
 
 Only the standard library is used (:mod:`urllib.request`). A file for which the checksum table
-knows no digest is refused rather than downloaded unverified.
+knows no digest is refused rather than downloaded unverified. pooch was evaluated for this module
+and not adopted: it creates the cache folder before the first request, can check only the
+compressed file's own hash (not the official content digest that accepts recompressed copies),
+and brings requests and platformdirs with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO
 
-from ewc._atomic import fsync_directory
+from ewc._atomic import write_bytes_atomic
 from ewc._version import __version__
 from ewc.data.cache import dataset_cache_dir
 from ewc.data.catalog import IDX_FILES, DatasetName, get_spec
@@ -78,7 +80,6 @@ def download(
                 f"no checksum known for {file_name}; refusing to download it unverified"
             )
     folder = dataset_cache_dir(spec.name, cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     report = progress or (lambda _: None)
     for file_name in files:
         _fetch(folder / file_name, bases, table, timeout, report, spec.name.value)
@@ -101,10 +102,11 @@ def _fetch(
     for base in bases:
         url = f"{base.rstrip('/')}/{target.name}"
         try:
-            _download_verified(url, target, table, timeout, dataset)
+            body = _download_verified(url, target, table, timeout, dataset)
         except (DownloadError, DataFileError) as error:
             failures.append(str(error))
             continue
+        _write(target, body)
         report(f"{target}: downloaded from {url}, checksum verified")
         return
     raise DownloadError(
@@ -122,41 +124,42 @@ def _is_verified(path: Path, table: Checksums, dataset: str) -> bool:
 
 def _download_verified(
     url: str, target: Path, table: Checksums, timeout: float, dataset: str
-) -> None:
-    """Stream ``url`` to a temporary file next to ``target``, verify it, rename it onto ``target``.
+) -> bytes:
+    """The body of ``url``, verified as the file ``target`` (its name is the checksum key).
+
+    Nothing is written: the caller writes the verified bytes.
 
     Raises:
         DownloadError: network failure or a response shorter than its ``Content-Length``.
         DataFileError: the received bytes fail the checksum (the message starts with ``url``).
     """
-    handle, temporary = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=".part"
-    )
-    partial = Path(temporary)
+    body = _receive(url, timeout)
+    verify(body, name=target.name, checksums=table, display=url, dataset=dataset)
+    return body
+
+
+def _write(target: Path, body: bytes) -> None:
+    """Write ``body`` atomically to ``target``, creating its folders; undo them if that fails."""
+    created = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]
     try:
-        with os.fdopen(handle, "wb") as out:
-            _stream(url, out, timeout)
-            out.flush()
-            os.fsync(out.fileno())
-        verify(
-            partial.read_bytes(), name=target.name, checksums=table, display=url, dataset=dataset
-        )
-        os.replace(partial, target)
-        fsync_directory(target.parent)
-    finally:
-        partial.unlink(missing_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(target, body)
+    except BaseException:
+        for folder in created:  # deepest first; a folder someone else filled meanwhile stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
-def _stream(url: str, out: BinaryIO, timeout: float) -> None:
-    """Copy the body of ``url`` into ``out``; network failures become :class:`DownloadError`."""
+def _receive(url: str, timeout: float) -> bytes:
+    """The body of ``url``; network failures and short bodies become :class:`DownloadError`."""
     request = urllib.request.Request(url, headers={"User-Agent": f"ewc/{__version__}"})
-    received, declared = 0, None
+    body, declared = bytearray(), None
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             declared = response.headers.get("Content-Length")
             while chunk := response.read(_CHUNK):
-                out.write(chunk)
-                received += len(chunk)
+                body += chunk
     except urllib.error.HTTPError as error:
         raise DownloadError(f"{url}: HTTP {error.code} {error.reason}") from error
     except (
@@ -166,7 +169,8 @@ def _stream(url: str, out: BinaryIO, timeout: float) -> None:
         TimeoutError,
     ) as error:
         raise DownloadError(f"{url}: {type(error).__name__}: {error}") from error
-    if declared is not None and declared.isdigit() and received != int(declared):
+    if declared is not None and declared.isdigit() and len(body) != int(declared):
         raise DownloadError(
-            f"{url}: received {received} of {declared} bytes (the connection closed early)"
+            f"{url}: received {len(body)} of {declared} bytes (the connection closed early)"
         )
+    return bytes(body)

@@ -8,8 +8,9 @@ from typing import Protocol
 
 import torch
 
-from ewc.data.catalog import IDX_FILES
+from ewc.data.catalog import IDX_FILES, file_names, official_name
 from ewc.data.checksums import Checksums, verify
+from ewc.data.errors import DataFileError
 from ewc.data.idx import check_same_count, decompress, parse_images, parse_labels
 
 
@@ -29,19 +30,34 @@ class ReadableFile(Protocol):
 def find_idx_files(directory: Path) -> tuple[dict[str, Path], tuple[str, ...]]:
     """Look for the four files of :data:`~ewc.data.catalog.IDX_FILES` in ``directory``.
 
-    Each file may be gzip-compressed (``name.gz``) or not (``name``); when both exist the ``.gz``
-    is used, since every data set publishes checksums for its ``.gz`` files.
+    Each file may have its official name or the dotted one (``train-images.idx3-ubyte``, see
+    :func:`~ewc.data.catalog.file_names`), gzip-compressed (``.gz``) or not. When one name exists
+    both ways the ``.gz`` is used, since every data set publishes checksums for its ``.gz`` files.
 
     Returns:
-        The files found, keyed by their name without ``.gz``, and the names not found.
+        The files found, keyed by their official name without ``.gz``, and the names not found.
+
+    Raises:
+        DataFileError: a file is there under both names (``train-images-idx3-ubyte.gz`` and
+            ``train-images.idx3-ubyte``): which one to read is not clear, so neither is read.
     """
     found: dict[str, Path] = {}
     for base in IDX_FILES:
-        for candidate in (directory / f"{base}.gz", directory / base):
-            if candidate.is_file():
-                found[base] = candidate
-                break
+        named = [_present(directory, name) for name in file_names(base)]
+        copies = [paths[0] for paths in named if paths]
+        if len(copies) > 1:
+            raise DataFileError(
+                f"{copies[0]} and {copies[1]} are two copies of {base}; keep one of them "
+                "(move or delete the other), so that it is clear which file to read"
+            )
+        if copies:
+            found[base] = copies[0]
     return found, tuple(base for base in IDX_FILES if base not in found)
+
+
+def _present(directory: Path, name: str) -> list[Path]:
+    """The files ``name.gz`` and ``name`` in ``directory`` that exist, in that order."""
+    return [path for path in (directory / f"{name}.gz", directory / name) if path.is_file()]
 
 
 def read_checked(file: ReadableFile, *, checksums: Checksums, dataset: str) -> tuple[bytes, bool]:
@@ -55,8 +71,9 @@ def read_checked(file: ReadableFile, *, checksums: Checksums, dataset: str) -> t
     """
     raw, display = file.read_bytes(), str(file)
     payload = decompress(raw, name=display) if file.name.endswith(".gz") else raw
+    key = official_name(file.name) or file.name  # a dotted name has the official digests
     verified = verify(
-        raw, name=file.name, checksums=checksums, display=display, payload=payload, dataset=dataset
+        raw, name=key, checksums=checksums, display=display, payload=payload, dataset=dataset
     )
     return payload, verified
 
@@ -99,18 +116,14 @@ def read_all(
     Returns:
         Train images, train labels, test images, test labels, and the unverified file names.
     """
-    train_images, train_labels, unverified_train = read_pair(
-        files[IDX_FILES[0]],
-        files[IDX_FILES[1]],
-        checksums=checksums,
-        dataset=dataset,
-        num_classes=num_classes,
+    train, test = (
+        read_pair(
+            files[images],
+            files[labels],
+            checksums=checksums,
+            dataset=dataset,
+            num_classes=num_classes,
+        )
+        for images, labels in (IDX_FILES[:2], IDX_FILES[2:])
     )
-    test_images, test_labels, unverified_test = read_pair(
-        files[IDX_FILES[2]],
-        files[IDX_FILES[3]],
-        checksums=checksums,
-        dataset=dataset,
-        num_classes=num_classes,
-    )
-    return train_images, train_labels, test_images, test_labels, unverified_train + unverified_test
+    return train[0], train[1], test[0], test[1], train[2] + test[2]

@@ -3,8 +3,9 @@
 Sources (the ``source=`` argument):
 
 - ``"dir"``: ``data_dir`` holds the four IDX files under their official names
-  (``train-images-idx3-ubyte[.gz]``, ...; see :data:`~ewc.data.catalog.IDX_FILES`), either in
-  ``data_dir`` itself or in ``data_dir/<name>``.
+  (``train-images-idx3-ubyte[.gz]``, ...; see :data:`~ewc.data.catalog.IDX_FILES`) or with a dot
+  (``train-images.idx3-ubyte[.gz]``, as Kaggle names them), either in ``data_dir`` itself or in
+  ``data_dir/<name>``; every name is checked against the official digests.
 - ``"cache"``: ``<cache root>/<name>``, where :func:`ewc.data.download` puts the files; the root is
   ``cache_dir``, else ``$EWC_CACHE``, else ``$XDG_CACHE_HOME/ewc``, else ``~/.cache/ewc``.
 - ``"debian"``: Debian's package ``dataset-fashion-mnist`` (``fashion-mnist`` only), installed
@@ -84,7 +85,10 @@ def load_dataset(
     """
     spec, chosen = get_spec(name), Source.parse(source)
     if chosen is not Source.AUTO and (reason := _unavailable(spec, chosen, data_dir)):
-        raise ValueError(f"source={chosen.value!r} cannot load {spec.name.value!r}: {reason}")
+        raise ValueError(
+            f"source={chosen.value!r} cannot load {spec.name.value!r}: {reason}; "
+            "source='auto' looks in every source (data_dir, cache, Debian, embedded)"
+        )
     table = spec.checksums if checksums is None else checksums
     tried: list[str] = []
     for candidate in _AUTO_ORDER if chosen is Source.AUTO else (chosen,):

@@ -7,6 +7,7 @@ plain: each renderer escapes it for its own format, so user strings never become
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -26,6 +27,25 @@ class Strong:
 
 Inline = str | Code | Strong
 Parts = tuple[Inline, ...]
+
+
+def render_inline(
+    parts: Parts,
+    *,
+    text: Callable[[str], str],
+    code: Callable[[str], str],
+    strong: Callable[[str], str],
+) -> str:
+    """``parts`` joined, each rendered by the function for its kind (plain, code or strong)."""
+    out = []
+    for part in parts:
+        if isinstance(part, Code):
+            out.append(code(part.text))
+        elif isinstance(part, Strong):
+            out.append(strong(part.text))
+        else:
+            out.append(text(part))
+    return "".join(out)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ METRICS = ("ACC", "BWT", "FWT", "forgetting")
 CAPTIONS = {
     "curves": (
         "Training curves, one panel per strategy. x: optimizer steps since the strategy started; "
-        "y: test accuracy on each task, one colour per task in every panel. Dashed lines mark "
+        "y: test accuracy on each task in %, one colour per task in every panel. Dashed lines mark "
         "the end of each task and the labels above name the task trained in between. As in "
         "Kirkpatrick et al. (2017, Fig. 2A), a task's curve starts where its training starts "
         "(its first point is the accuracy just before). A curve that drops once its task is "
@@ -57,8 +57,8 @@ CAPTIONS = {
         "transfer."
     ),
     "final_accuracy": (
-        "Test accuracy on each task after the last task (the last row of R) per strategy, and "
-        "ACC, their average, from summary.json."
+        "Test accuracy in % on each task after the last task (the last row of R) per strategy, "
+        "and ACC, their average, from summary.json (its value written above each ACC bar)."
     ),
 }
 
@@ -100,7 +100,7 @@ def _summary(run: Run) -> tuple[Any, ...]:
         ", in the ",
         Strong(scenario_name(benchmark.get("scenario", "unknown"))),
         f" scenario, with {plural(len(run.seeds), 'seed')} ({seeds}). "
-        f"Model: {model.get('name', '?')} ({_settings(model, skip='name') or 'defaults'}). "
+        f"Model: {model_description(model)}. "
         f"Training: {_settings(section(run.config, 'training')) or MISSING}.",
         _sample_caps(benchmark),
     ]
@@ -108,6 +108,30 @@ def _summary(run: Run) -> tuple[Any, ...]:
     if wall is not None:
         parts.append(f" Wall time: {wall:,.1f} s.")
     return tuple(parts)
+
+
+CNN_LAYERS = (
+    "two 3×3 convolutions of 32 and 64 channels, each with ReLU and 2×2 max-pooling, then a "
+    "fully connected layer of 128 (ReLU)"
+)
+"""The layers of ``model.name = "cnn"``, fixed in :class:`ewc.experiment.models.CNN` (the config
+holds no widths for it; a test checks this text against the model)."""
+
+
+def model_description(model: Mapping[str, Any]) -> str:
+    """The model of the config's ``model`` section, described by what it is.
+
+    ``mlp``: its hidden widths (the only widths the config holds); ``cnn``: its fixed layers, since
+    it ignores ``hidden``; another name: its settings as they are.
+    """
+    name, hidden = model.get("name", "?"), model.get("hidden")
+    if name == "mlp" and isinstance(hidden, list):
+        if not hidden:
+            return "mlp, no hidden layer (softmax regression)"
+        return f"mlp, fully connected, hidden widths {number(hidden)} (ReLU)"
+    if name == "cnn":
+        return f"cnn, {CNN_LAYERS}"
+    return f"{name} ({_settings(model, skip='name') or 'defaults'})"
 
 
 def _settings(values: Mapping[str, Any], skip: str = "") -> str:

@@ -4,6 +4,10 @@ matplotlib is imported inside the functions, so that ``import ewc`` never needs 
 ``run`` extra). Figures are built as :class:`matplotlib.figure.Figure` objects on the Agg canvas,
 never through pyplot, so no backend or global figure state is touched. PNGs are saved without
 the ``Software`` metadata, so that the same run gives the same bytes on every regeneration.
+
+Every figure is :data:`WIDTH` inches wide and saved at :data:`DPI`, so the three PNGs have the same
+width in pixels: shown at the page's width they come out at one scale, with the same font size.
+Accuracies are drawn in % (0–100), as the report's tables write them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 DPI = 150
+"""Resolution of every figure, in dots per inch."""
+WIDTH = 10.0
+"""Width of every figure, in inches (1,500 pixels at :data:`DPI`)."""
 _STYLE = {
     "font.size": 9,
     "axes.titlesize": 9.5,
@@ -50,11 +57,12 @@ def render_png(draw: Callable[[Run], Figure], run: Run) -> bytes:
     return buffer.getvalue()
 
 
-def _figure(width: float, height: float) -> Figure:
+def _figure(height: float) -> Figure:
+    """An empty figure :data:`WIDTH` wide and ``height`` inches high, on the Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), layout="constrained")
+    figure = Figure(figsize=(WIDTH, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
@@ -109,7 +117,7 @@ def _title(run: Run, strategy: str) -> str:
 def curves_figure(run: Run) -> Figure:
     """Test accuracy of every task along training, one panel per strategy (Kirkpatrick Fig. 2A)."""
     columns, rows = _grid_size(len(run.strategies))
-    figure = _figure(4.3 * columns + 0.3, 3.0 * rows + 0.9)
+    figure = _figure(3.0 * rows + 0.9)
     if not run.strategies or not run.num_tasks:
         return _empty(figure, "no evaluations yet")
     axes = _panels(figure, len(run.strategies), sharex=True, sharey=True)
@@ -121,7 +129,7 @@ def curves_figure(run: Run) -> Figure:
             ax.xaxis.set_tick_params(labelbottom=True)
             ax.set_xlabel("training step (optimizer updates)")
         if index % columns == 0:
-            ax.set_ylabel("test accuracy")
+            ax.set_ylabel("test accuracy (%)")
     _task_legend(figure, run.tasks, colours)
     return figure
 
@@ -135,15 +143,16 @@ def _curves_panel(ax: Axes, run: Run, strategy: str, colours: Sequence[Any]) -> 
             continue
         colour = colours[curve.task - 1]
         marker = "." if len(curve.steps) <= 40 else None  # dots only while they stay apart
-        ax.plot(curve.steps, curve.mean, color=colour, lw=1.5, marker=marker, ms=3)
+        mean = [100 * m for m in curve.mean]
+        ax.plot(curve.steps, mean, color=colour, lw=1.5, marker=marker, ms=3)
         if all(s is not None for s in curve.sem) and len(curve.steps) > 1:
-            low = [m - s for m, s in zip(curve.mean, curve.sem, strict=True)]
-            high = [m + s for m, s in zip(curve.mean, curve.sem, strict=True)]
+            low = [m - 100 * s for m, s in zip(mean, curve.sem, strict=True)]
+            high = [m + 100 * s for m, s in zip(mean, curve.sem, strict=True)]
             ax.fill_between(curve.steps, low, high, color=colour, alpha=0.2, lw=0)
         drawn = True
     if not drawn:
         ax.text(0.5, 0.5, "no evaluations yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 100)
     ax.set_xlim(left=0)
     ax.set_title(_title(run, strategy), pad=14, parse_math=False)
 
@@ -190,8 +199,8 @@ def _task_legend(figure: Figure, tasks: Sequence[str], colours: Sequence[Any]) -
 def matrices_figure(run: Run) -> Figure:
     """The seed-mean accuracy matrix R of each strategy, as annotated heatmaps."""
     size = run.num_tasks
-    columns, rows = _grid_size(len(run.strategies))
-    figure = _figure(columns * (0.45 * size + 1.8) + 0.9, rows * (0.34 * (size + 1) + 1.1))
+    rows = _grid_size(len(run.strategies))[1]
+    figure = _figure(rows * (0.34 * (size + 1) + 1.1))
     if not run.strategies or not size:
         return _empty(figure, "no accuracy matrix yet")
     axes = _panels(figure, len(run.strategies))
@@ -199,7 +208,7 @@ def matrices_figure(run: Run) -> Figure:
     for ax, strategy in zip(axes, run.strategies, strict=True):
         image = _heatmap(ax, mean_matrix(run, strategy), size)
         ax.set_title(strategy, parse_math=False)
-    figure.colorbar(image, ax=axes, shrink=0.85, label="test accuracy")
+    figure.colorbar(image, ax=axes, shrink=0.85, label="test accuracy (%)")
     return figure
 
 
@@ -207,16 +216,16 @@ def _heatmap(ax: Axes, matrix: Sequence[Sequence[float | None]], size: int) -> A
     import numpy as np
     from matplotlib.patches import Rectangle
 
-    values = np.array([[math.nan if v is None else v for v in row] for row in matrix])
-    image = ax.imshow(np.ma.masked_invalid(values), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    values = np.array([[math.nan if v is None else 100 * v for v in row] for row in matrix])
+    image = ax.imshow(np.ma.masked_invalid(values), vmin=0, vmax=100, cmap="viridis", aspect="auto")
     ax.set_facecolor("0.92")
     ax.grid(False)
     digits = 1 if size <= 6 else 0
     annotate = size <= 15  # past that the numbers are unreadable; the report's tables have them
     for (i, j), value in np.ndenumerate(values):
         if annotate:
-            text = "—" if math.isnan(value) else f"{100 * value:.{digits}f}"
-            colour = "0.3" if math.isnan(value) else "white" if value < 0.6 else "black"
+            text = "—" if math.isnan(value) else f"{value:.{digits}f}"
+            colour = "0.3" if math.isnan(value) else "white" if value < 60 else "black"
             ax.text(j, i, text, ha="center", va="center", fontsize=7.5, color=colour)
         if i == j + 1 and not math.isnan(value):  # R[j, j]: the reference of BWT and forgetting
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="0.1", lw=1.2))
@@ -232,33 +241,41 @@ def _heatmap(ax: Axes, matrix: Sequence[Sequence[float | None]], size: int) -> A
 def final_accuracy_figure(run: Run) -> Figure:
     """Accuracy on each task after the last one, and the average ACC, per strategy (± SEM)."""
     size, count = run.num_tasks, len(run.strategies)
-    width = min(11.0, max(6.0, 0.3 * (size + 1) * max(count, 1) + 2.0))
-    figure = _figure(width, 3.6 if width < 11 else 4.2)
+    figure = _figure(3.8)
     if not count or not size:
         return _empty(figure, "no final accuracies yet")
     from matplotlib.patches import Patch
 
     ax = figure.subplots()
-    handles = []
+    handles, top = [], 100.0
     colours = strategy_colours(count)
+    # A level label ("94.1" at 7 pt) needs about 0.3 inch; narrower bars get it turned by 90°.
+    turned = 0.8 / count * (WIDTH - 1.0) / (size + 1) < 0.3
     for k, strategy in enumerate(run.strategies):
         colour = colours[k]
         offset = (k - (count - 1) / 2) * 0.8 / count
         bars = [(s.mean, s.sem) if s else None for s in final_accuracies(run, strategy)]
         bars.append(_summary_acc(run, strategy))
-        _bars(ax, [x + offset for x in range(size + 1)], bars, 0.8 / count, colour)
+        bars = [None if bar is None else _in_percent(*bar) for bar in bars]
+        _bars(ax, [x + offset for x in range(size + 1)], bars, 0.8 / count, colour, turned)
+        top = max([top, *(mean + (sem or 0.0) for mean, sem in filter(None, bars))])
         label = strategy if any(bars) else f"{strategy} (not finished)"
         handles.append(Patch(color=colour, label=_plain(label)))
     if run.summary is None:
-        ax.text(size, 0.5, "summary.json\nmissing", ha="center", va="center", fontsize=8)
+        ax.text(size, 50, "summary.json\nmissing", ha="center", va="center", fontsize=8)
     ax.axvline(size - 0.5, color="0.5", lw=0.8)
     ax.set_xticks(range(size + 1), [*(f"task {j}" for j in range(1, size + 1)), "ACC"])
     ax.set_xlim(-0.5, size + 0.5)
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("test accuracy after the last task")
+    ax.set_ylim(0, 1.16 * top)  # room for the ACC labels above the highest error bar
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_ylabel("test accuracy after the last task (%)")
     ax.grid(axis="x", visible=False)
     figure.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 5))
     return figure
+
+
+def _in_percent(mean: float, sem: float | None) -> tuple[float, float | None]:
+    return 100 * mean, None if sem is None else 100 * sem
 
 
 def _summary_acc(run: Run, strategy: str) -> tuple[float, float | None] | None:
@@ -274,8 +291,13 @@ def _bars(
     bars: Sequence[tuple[float, float | None] | None],
     width: float,
     colour: Any,
+    turned: bool,
 ) -> None:
-    """Bars where a value exists, error bars where it has a SEM, the ACC value written above."""
+    """Bars where a value exists, error bars where it has a SEM, the ACC value written above.
+
+    The ACC label sits 4 points above the top of its error bar (or of its bar), so it never
+    covers the error bar; ``turned`` writes it rotated by 90° (for narrow bars).
+    """
     shown = [(x, bar) for x, bar in zip(xs, bars, strict=True) if bar is not None]
     ax.bar([x for x, _ in shown], [bar[0] for _, bar in shown], width * 0.92, color=colour)
     with_sem = [(x, bar) for x, bar in shown if bar[1] is not None]
@@ -291,14 +313,14 @@ def _bars(
         )
     acc = bars[-1]
     if acc is not None:
-        top = min(acc[0] + (acc[1] or 0.0), 1.0) + 0.01  # the label stays inside the axes
-        rotation = 90 if width < 0.3 else 0  # narrow bars: upright labels would overlap
-        ax.text(
-            xs[-1],
-            top,
-            f"{100 * acc[0]:.1f}",
+        ax.annotate(
+            f"{acc[0]:.1f}",
+            (xs[-1], acc[0] + (acc[1] or 0.0)),
+            xytext=(0, 4),
+            textcoords="offset points",
             ha="center",
             va="bottom",
             fontsize=7,
-            rotation=rotation,
+            rotation=90 if turned else 0,
+            gid="acc-label",
         )

@@ -13,15 +13,14 @@ from ewc.report.blocks import (
     Block,
     Bullets,
     Callout,
-    Code,
     Document,
     Figure,
     Heading,
     Paragraph,
     Parts,
     Preformatted,
-    Strong,
     Table,
+    render_inline,
 )
 
 CSS = """
@@ -82,15 +81,12 @@ def _block(block: Block, read_image: Callable[[str], bytes]) -> str:
 
 
 def _inline(parts: Parts) -> str:
-    out = []
-    for part in parts:
-        if isinstance(part, Code):
-            out.append(f"<code>{escape(part.text)}</code>")
-        elif isinstance(part, Strong):
-            out.append(f"<strong>{escape(part.text)}</strong>")
-        else:
-            out.append(escape(part))
-    return "".join(out)
+    return render_inline(
+        parts,
+        text=escape,
+        code=lambda text: f"<code>{escape(text)}</code>",
+        strong=lambda text: f"<strong>{escape(text)}</strong>",
+    )
 
 
 def _list(items: tuple[Parts, ...]) -> str:

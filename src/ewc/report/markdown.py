@@ -11,15 +11,14 @@ from ewc.report.blocks import (
     Block,
     Bullets,
     Callout,
-    Code,
     Document,
     Figure,
     Heading,
     Paragraph,
     Parts,
     Preformatted,
-    Strong,
     Table,
+    render_inline,
 )
 
 # ASCII punctuation that starts markup (emphasis, code, links, HTML, table cells); CommonMark
@@ -46,15 +45,9 @@ def _code(text: str) -> str:
 
 
 def _inline(parts: Parts) -> str:
-    out = []
-    for part in parts:
-        if isinstance(part, Code):
-            out.append(_code(part.text))
-        elif isinstance(part, Strong):
-            out.append(f"**{_escape(part.text)}**")
-        else:
-            out.append(_escape(part))
-    return "".join(out)
+    return render_inline(
+        parts, text=_escape, code=_code, strong=lambda text: f"**{_escape(text)}**"
+    )
 
 
 def _block(block: Block) -> str:
