@@ -50,7 +50,8 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--data-dir",
         type=Path,
-        help="a folder holding the official IDX files of benchmark.dataset (source = dir)",
+        help="a folder holding the IDX files of benchmark.dataset (official or dotted names, "
+        "gzipped or not; source = dir)",
     )
     run.add_argument(
         "--seeds",
