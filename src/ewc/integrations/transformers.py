@@ -131,7 +131,7 @@ class EWCCallback(transformers.TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         """Attach the penalty to the model; when resuming, read it from the checkpoint."""
-        if args.fp16 and not args.max_grad_norm > 0:
+        if args.fp16 and not (args.max_grad_norm or 0) > 0:
             raise ValueError(
                 "with fp16 and max_grad_norm=0 the Trainer hands the optimizer-step hook scaled "
                 "gradients, to which the penalty's gradient cannot be added; set max_grad_norm > 0 "
