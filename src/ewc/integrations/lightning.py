@@ -1,0 +1,151 @@
+"""EWC for PyTorch Lightning: a `Callback`, so any LightningModule and optimizer keeps working.
+
+The user calls ``trainer.fit`` once per task, as usual, with this callback in the trainer's
+callbacks (the same instance for every task). The callback
+
+1. adds the penalty's gradient λ Ω (θ − θ̄) to ``.grad`` in ``on_before_optimizer_step``
+   (`ewc.EWC.add_gradient_`): once per optimizer step, after all micro-batches of a gradient
+   accumulation have been backpropagated and the gradients unscaled (mixed precision), and before
+   Lightning clips them — so the update is the one of ``mean task loss + penalty()``, and gradient
+   clipping sees the total gradient, penalty included;
+2. logs the penalty's value as ``ewc_penalty`` (per optimizer step);
+3. at the end of each ``fit`` (``on_train_end``) computes `ewc.diagonal_fisher` on the fit's train
+   dataloader (or ``fisher_data``) and consolidates: the parameters now become the anchor θ*;
+4. keeps the penalty's state in Lightning checkpoints (`state_dict` / `load_state_dict`), so
+   ``trainer.fit(module, ckpt_path=...)`` resumes with every consolidated task.
+
+The penalty is the one of Kirkpatrick et al. 2017, Eq. 3, (λ/2) Σ_i F_i (θ_i − θ*_i)², summed
+over tasks (``mode="separate"``) or online (``mode="online"``, Schwarz et al. 2018).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from ewc.fisher import FisherKind, diagonal_fisher
+from ewc.penalties import EWC, PenaltyMode
+
+OutputFn = Callable[[Any], Tensor]
+
+
+class EWCCallback(pl.Callback):
+    """Elastic Weight Consolidation around ``trainer.fit``, one fit per task.
+
+    Args:
+        strength: λ ≥ 0 of (λ/2) Σ_i F_i (θ_i − θ*_i)² (the penalty carries the 1/2).
+        fisher: the Fisher kind (``"exact"``, ``"sample"``, ``"empirical"``, ``"argmax"`` or
+            ``"batched"``; see `ewc.fisher.kinds`).
+        mode: ``"separate"`` (one term per task) or ``"online"`` (F ← γ F + F_new).
+        gamma: the online decay γ ∈ (0, 1]; 1 in separate mode.
+        fisher_data: the ``(inputs, targets)`` batches the Fisher is computed on at the end of
+            every fit; default: that fit's train dataloader, which must yield such pairs.
+        num_samples: use at most this many inputs for each Fisher (default: all).
+        output_fn: maps the LightningModule's ``forward`` output to the task's (N, C) logits.
+
+    Example:
+        >>> callback = EWCCallback(strength=100.0)
+        >>> for task in tasks:
+        ...     pl.Trainer(max_epochs=5, callbacks=[callback]).fit(module, task.train_loader)
+    """
+
+    def __init__(
+        self,
+        strength: float,
+        *,
+        fisher: FisherKind | str = "exact",
+        mode: PenaltyMode | str = "separate",
+        gamma: float = 1.0,
+        fisher_data: Iterable[Any] | None = None,
+        num_samples: int | None = None,
+        output_fn: OutputFn | None = None,
+    ):
+        self.kind = FisherKind.parse(fisher)
+        self.mode = PenaltyMode.parse(mode)
+        # The penalty's own checks of strength and gamma, now rather than when the fit starts:
+        EWC(torch.nn.Linear(1, 1), strength=strength, mode=self.mode, gamma=gamma)
+        self.strength, self.gamma = float(strength), float(gamma)
+        self.fisher_data = fisher_data
+        self.num_samples = num_samples
+        self.output_fn = output_fn
+        self._penalty: EWC | None = None
+        self._pending: Mapping[str, Any] | None = None
+
+    @property
+    def penalty(self) -> EWC | None:
+        """The `ewc.EWC` penalty on the trained module (None before the first fit starts)."""
+        return self._penalty
+
+    @property
+    def state_key(self) -> str:
+        """The checkpoint key: distinct for callbacks with different settings."""
+        return self._generate_state_key(strength=self.strength, fisher=self.kind.value)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Refuse a set-up in which the Fisher would silently differ between processes."""
+        if trainer.world_size > 1 and self.fisher_data is None:
+            raise ValueError(
+                f"with {trainer.world_size} processes each would compute the Fisher on its own "
+                "shard of the train dataloader; pass fisher_data= (the same batches on every "
+                "process)"
+            )
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Attach the penalty to the module (restoring a checkpoint's state if one was loaded)."""
+        self._penalty_for(pl_module)
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Add λ Ω (θ − θ̄) to ``.grad`` once per optimizer step and log the penalty's value."""
+        penalty = self._penalty_for(pl_module)
+        if penalty.num_tasks == 0:
+            return
+        value = penalty.add_gradient_()
+        pl_module.log("ewc_penalty", value.detach().float(), on_step=True, on_epoch=False)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Compute this task's Fisher and consolidate: the parameters now are the new anchor."""
+        data = self.fisher_data if self.fisher_data is not None else trainer.train_dataloader
+        if data is None:
+            raise ValueError(
+                "the trainer has no train dataloader to compute the Fisher on; pass fisher_data="
+            )
+        fisher = diagonal_fisher(
+            pl_module, data, self.kind, num_samples=self.num_samples, output_fn=self.output_fn
+        )
+        self._penalty_for(pl_module).consolidate(fisher)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The penalty's `state_dict` (empty before the first fit), for Lightning checkpoints."""
+        if self._penalty is not None:
+            return {"penalty": self._penalty.state_dict()}
+        return {"penalty": self._pending} if self._pending is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a `state_dict`; applied to the module when training starts."""
+        state = state_dict.get("penalty")
+        if state is None:
+            return
+        if self._penalty is not None:
+            self._penalty.load_state_dict(state)
+        else:
+            self._pending = state
+
+    def _penalty_for(self, pl_module: pl.LightningModule) -> EWC:
+        """The penalty on ``pl_module``, created on first use; one callback serves one module."""
+        if self._penalty is None:
+            self._penalty = EWC(pl_module, strength=self.strength, mode=self.mode, gamma=self.gamma)
+            if self._pending is not None:
+                self._penalty.load_state_dict(self._pending)
+                self._pending = None
+        elif self._penalty.model is not pl_module:
+            raise ValueError(
+                "this EWCCallback holds the penalty of another LightningModule; use one callback "
+                "per module (the penalty anchors that module's parameters)"
+            )
+        return self._penalty
