@@ -14,8 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ewc._choices import Choice
 from ewc.experiment.config import ConfigError, RunConfig, fill_stream_defaults, from_dict, merge
+from ewc.experiment.strategies import build_strategy
 from ewc.experiment.sweep.space import Dimension, parse_dimension
 
 
@@ -137,11 +140,14 @@ def trial_config(base: Mapping[str, Any], params: Mapping[str, Any]) -> RunConfi
 def check_space(spec: SweepSpec) -> None:
     """Build the config of every value (or both ends of every range) once, so that an unknown key
     or a bad value fails before any trial runs."""
+    probe = torch.nn.Linear(1, 1)
     for dimension in spec.dimensions():
         candidates = dimension.values or (dimension.low, dimension.high)
         for value in candidates:
             try:
-                trial_config(spec.base, {dimension.key: value})
+                config = trial_config(spec.base, {dimension.key: value})
+                for name in config.compare:
+                    build_strategy(name, config.strategies[name], probe)
             except ConfigError as error:
                 raise ConfigError(f"search {dimension.key}={dimension.spec}: {error}") from None
         strategy = dimension.key.split(".")[1] if dimension.key.startswith("strategies.") else None
