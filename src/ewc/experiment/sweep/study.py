@@ -110,7 +110,9 @@ def requeue_killed(study: Any) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(trial.number, state=TrialState.FAIL)
         attrs = {"run_dir": trial.user_attrs["run_dir"]} if "run_dir" in trial.user_attrs else {}
-        study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+        # a grid trial killed before it set its values still has them as its queued values
+        params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+        study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
         requeued.append(trial.number)
     if requeued:
         study.set_user_attr(KILLED_ATTR, [*killed_trials(study), *requeued])
