@@ -1,17 +1,17 @@
-"""A sweep in one process on tiny data: grid once, seeds, best.toml, pruning, resume after a kill."""
+"""A sweep in one process on tiny data: the grid once, seeds, best.toml, pruning, resume."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from sweep_helpers import TINY
 
 from ewc.cli import main
 from ewc.experiment.config import resolve
 from ewc.experiment.sweep import SweepSpec, run_sweep
 from ewc.experiment.sweep.study import grid_points, next_trial, open_study, storage_for
 from ewc.experiment.sweep.trial import run_trial
+from sweep_helpers import TINY
 
 optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState  # noqa: E402
