@@ -167,7 +167,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     from ewc.experiment.config import ConfigError
     from ewc.experiment.sweep import SpaceError, run_sweep
-    from ewc.experiment.sweep.study import StudyMismatchError
+    from ewc.experiment.sweep.study import StorageError, StudyMismatchError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep_dir = args.resume or args.out
@@ -185,12 +185,16 @@ def _sweep(args: argparse.Namespace) -> int:
     except (ConfigError, SpaceError, StudyMismatchError, TimeoutError, ValueError) as error:
         print(f"ewc sweep: {error}", file=sys.stderr)
         return 2
-    except ModuleNotFoundError as error:
-        if error.name == "optuna" or args.storage is None:
+    except StorageError as error:
+        print(f"ewc sweep: {error}", file=sys.stderr)
+        return 1
+    except ImportError as error:  # the storage URL's database driver is missing
+        if getattr(error, "name", None) == "optuna" or args.storage is None:
             raise
         print(
-            f"ewc sweep: the storage needs the module {error.name}, which is not installed; "
-            "install the database driver (e.g. `pip install psycopg2-binary` for postgresql://)",
+            f"ewc sweep: no database driver for the storage URL ({error}); install it, e.g. "
+            "`pip install psycopg2-binary` and a URL postgresql+psycopg2://… (SQLAlchemy 2.1 "
+            "reads a bare postgresql:// with psycopg 3: `pip install 'psycopg[binary]'`)",
             file=sys.stderr,
         )
         return 1

@@ -75,8 +75,9 @@ def run_sweep(
     check_space(spec)
     sweep_dir = Path(sweep_dir)
     name = study_name or sweep_dir.resolve().name
-    _record(spec, sweep_dir, storage, name)
+    _check_recorded(spec, sweep_dir)
     study = open_study(spec, storage_for(storage, sweep_dir), name)
+    _record(spec, sweep_dir, storage, name)
     requeued = requeue_killed(study) if resume else []
     data = _DataCache()
     ran = []
@@ -128,17 +129,23 @@ def read_recorded(sweep_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _check_recorded(spec: SweepSpec, sweep_dir: Path) -> None:
+    """Refuse a sweep directory that holds another sweep."""
+    if not (sweep_dir / SWEEP_FILE).is_file():
+        return
+    recorded = read_recorded(sweep_dir)
+    differences = SweepSpec.from_dict(recorded["spec"]).differences(spec)
+    if differences:
+        raise ConfigError(
+            f"{sweep_dir} holds another sweep (it differs in {', '.join(differences)}); "
+            "continue it with `ewc sweep --resume` or choose another --out"
+        )
+
+
 def _record(spec: SweepSpec, sweep_dir: Path, storage: str | None, name: str) -> None:
-    """Write sweep.json, or check that the one there is this sweep."""
+    """Write sweep.json (once: every worker of the sweep would write the same)."""
     path = sweep_dir / SWEEP_FILE
     if path.is_file():
-        recorded = read_recorded(sweep_dir)
-        differences = SweepSpec.from_dict(recorded["spec"]).differences(spec)
-        if differences:
-            raise ConfigError(
-                f"{sweep_dir} holds another sweep (it differs in {', '.join(differences)}); "
-                "continue it with `ewc sweep --resume` or choose another --out"
-            )
         return
     sweep_dir.mkdir(parents=True, exist_ok=True)
     record = {"spec": spec.to_dict(), "study": name, "storage": _shareable(storage)}

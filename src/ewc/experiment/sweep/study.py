@@ -34,17 +34,38 @@ class StudyMismatchError(ValueError):
     """A worker's sweep differs from the one its study was created with."""
 
 
+class StorageError(RuntimeError):
+    """The storage URL could not be opened (the message names it, without its password)."""
+
+
 def storage_for(url: str | None, sweep_dir: Path) -> Any:
     """The Optuna storage of ``url``, or the journal file in ``sweep_dir`` when ``url`` is None."""
-    import optuna
 
     if url is not None:
-        return optuna.storages.RDBStorage(url) if "://" in url else url
+        return _database(url) if "://" in url else url
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(sweep_dir / JOURNAL)))
+
+
+def _database(url: str, attempts: int = 3) -> Any:
+    """Optuna's storage on the database ``url``; workers that start together may race to create
+    its tables (one CREATE TABLE fails), so a failed attempt is retried after a pause."""
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            if attempt + 1 == attempts:
+                shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+                first = str(error).strip().splitlines()[0]
+                raise StorageError(f"cannot open the storage {shown}: {first}") from error
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
 
 
 def open_study(spec: SweepSpec, storage: Any, name: str, wait_s: float = 120.0) -> Any:
