@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -100,3 +101,23 @@ def test_tpe_runs_its_budget_and_minimises_forgetting(tmp_path):
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
     forgetting = [r.metrics["forgetting"]["mean"] for r in result.rows]
     assert result.best.metrics["forgetting"]["mean"] == min(forgetting)
+
+
+def test_a_diverged_seed_fails_the_trial(tmp_path, monkeypatch):
+    from ewc.experiment import runner
+    from ewc.experiment.storage.rundir import Cell
+    from ewc.experiment.sweep import trial as trial_module
+
+    real = runner.run_experiment
+
+    def one_seed_diverges(config, run_dir, **kwargs):  # seed 1 "diverged": only seed 0 counts
+        result = real(dataclasses.replace(config, seeds=[0]), run_dir, **kwargs)
+        diverged = {Cell(1, "ewc"): "task 2, epoch 1, step 3: the loss is nan"}
+        return dataclasses.replace(result, diverged=diverged)
+
+    monkeypatch.setattr(trial_module, "run_experiment", one_seed_diverges)
+    study = optuna.create_study(direction="maximize")
+    outcome = run_trial(study, study.ask(), _spec(), tmp_path)
+    assert outcome.state == "failed"
+    assert outcome.message == "seed1-ewc: task 2, epoch 1, step 3: the loss is nan"
+    assert study.get_trials()[0].state == TrialState.FAIL

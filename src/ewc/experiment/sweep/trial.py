@@ -80,10 +80,12 @@ def run_trial(
         return outcome("pruned", None, str(pruned))
     metrics = result.summary.strategies.get(spec.strategy)
     value = None if metrics is None else metrics[spec.objective_choice.metric]["mean"]
-    if value is None or not math.isfinite(value):
-        why = "; ".join(f"{k}: {v}" for k, v in result.summary.incomplete.items())
+    # a seed that diverged fails the trial: a mean over the other seeds would flatter it
+    diverged = [f"{c.key}: {m}" for c, m in result.diverged.items() if c.strategy == spec.strategy]
+    if diverged or value is None or not math.isfinite(value):
+        why = "; ".join(diverged) or f"no finite {spec.objective_choice.metric}"
         study.tell(trial, state=TrialState.FAIL)
-        return outcome("failed", None, why or f"no {spec.objective_choice.metric}")
+        return outcome("failed", None, why)
     trial.set_user_attr(METRICS_ATTR, _finite(metrics))
     study.tell(trial, value)
     return outcome("complete", value, "")
