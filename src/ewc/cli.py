@@ -209,7 +209,7 @@ def _sweep_spec_and_dir(args: argparse.Namespace) -> tuple[Any, Path, str | None
     """The sweep, its directory and study name from `ewc sweep`'s arguments (creates nothing)."""
     from ewc.experiment.config import resolve
     from ewc.experiment.sweep import SweepSpec, parse_space
-    from ewc.experiment.sweep.driver import read_recorded
+    from ewc.experiment.sweep.driver import HIDDEN_STORAGE, read_recorded
 
     if args.resume is not None:
         given = [args.out, args.config, args.seeds, args.strategies, args.trials, *args.search]
@@ -217,12 +217,16 @@ def _sweep_spec_and_dir(args: argparse.Namespace) -> tuple[Any, Path, str | None
             raise ValueError("--resume takes the recorded sweep; give no search, config or --out")
         recorded = read_recorded(args.resume)
         if args.storage is None and recorded["storage"] is not None:
-            if "password" in recorded["storage"]:
+            if recorded["storage"] == HIDDEN_STORAGE:
                 raise ValueError(
                     "this sweep's storage URL holds a password; give it with --storage"
                 )
             args.storage = recorded["storage"]
         return SweepSpec.from_dict(recorded["spec"]), args.resume, args.study or recorded["study"]
+    if args.storage is not None and args.study is None:
+        raise ValueError(
+            "with --storage, name the study with --study, so that every worker joins it"
+        )
     dimensions = parse_space(args.search)
     overrides = list(args.overrides)
     if args.seeds:

@@ -36,6 +36,8 @@ from ewc.experiment.sweep.study import next_trial, open_study, requeue_killed, s
 from ewc.experiment.sweep.trial import TrialOutcome, run_trial
 
 SWEEP_FILE, TRIALS_FILE, BEST_FILE = "sweep.json", "trials.json", "best.toml"
+#: What sweep.json records for a storage URL that holds a password (given again on resume).
+HIDDEN_STORAGE = "(given on the command line; it holds a password)"
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ def _shareable(storage: str | None) -> str | None:
     """The storage URL as recorded: one holding a password is not written to disk."""
     if storage is None or urlsplit(storage).password is None:
         return storage
-    return "(given on the command line; it holds a password)"
+    return HIDDEN_STORAGE
 
 
 class _DataCache:
