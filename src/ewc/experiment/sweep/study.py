@@ -40,9 +40,8 @@ class StorageError(RuntimeError):
 
 def storage_for(url: str | None, sweep_dir: Path) -> Any:
     """The Optuna storage of ``url``, or the journal file in ``sweep_dir`` when ``url`` is None."""
-
     if url is not None:
-        return _database(url) if "://" in url else url
+        return _database(url)
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -60,12 +59,22 @@ def _database(url: str, attempts: int = 3) -> Any:
         try:
             return optuna.storages.RDBStorage(url)
         except sqlalchemy.exc.SQLAlchemyError as error:
-            if attempt + 1 == attempts:
-                shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+            if attempt + 1 == attempts or isinstance(error, sqlalchemy.exc.ArgumentError):
                 first = str(error).strip().splitlines()[0]
-                raise StorageError(f"cannot open the storage {shown}: {first}") from error
+                raise StorageError(f"cannot open the storage {_shown(url)}: {first}") from error
             time.sleep(0.5 + random.random())
     raise AssertionError("unreachable")
+
+
+def _shown(url: str) -> str:
+    """``url`` with its password hidden."""
+    import sqlalchemy.engine
+    import sqlalchemy.exc
+
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return repr(url.split("@")[-1]) if "@" in url else repr(url)
 
 
 def open_study(spec: SweepSpec, storage: Any, name: str, wait_s: float = 120.0) -> Any:
