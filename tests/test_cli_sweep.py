@@ -44,6 +44,7 @@ def test_without_optuna_it_says_how_to_install_it(monkeypatch, capsys):
         (["--search", "strategies.ewc.fisher=exact,fishy", *TINY], "strategies.ewc.fisher"),
         (["--resume", "nowhere", "--seeds", "0"], "--resume takes the recorded sweep"),
         (["--resume", "nowhere"], "is not a sweep directory"),
+        (["--search", "training.lr=0.1,0.2", "--storage", "sqlite://"], "name the study"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(arguments, message, tmp_path, monkeypatch, capsys):
