@@ -24,7 +24,7 @@ def _loaded_modules(imports: str) -> set[str]:
 
 def test_import_ewc_loads_no_optional_dependency():
     imports = "ewc, ewc.data, ewc.experiment.streams.benchmarks, ewc.experiment.models"
-    optional = {"safetensors", "matplotlib", "backpack", "nngeometry"}
+    optional = {"safetensors", "matplotlib", "backpack", "nngeometry", "optuna"}
     assert optional & _loaded_modules(imports) == set()
 
 

@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_report(commands)
     _add_download(commands)
+    _add_sweep(commands)
     return parser
 
 
@@ -117,6 +118,171 @@ def _add_download(commands: argparse._SubParsersAction) -> None:
     download.add_argument("--mirror", action="append", help="base URL to try first (repeatable)")
     download.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     download.set_defaults(handler=_download)
+
+
+def _add_sweep(commands: argparse._SubParsersAction) -> None:
+    sweep = commands.add_parser(
+        "sweep",
+        help="search config values (e.g. EWC's λ) over trials on an Optuna study",
+        description="Run trials of a search over config keys: each trial is an ordinary run "
+        "directory under the sweep directory; the sweep writes results.md, results.csv, "
+        "best.toml (for ewc run --config) and plots of accuracy against each numeric key. "
+        "Start the same command several times (or on several machines with --storage) to run "
+        "trials in parallel on one study. Needs optuna: pip install 'ewc[sweep]'.",
+        epilog="Search specs: log:LOW..HIGH[:N] (log-uniform, or N log-spaced points), "
+        "LOW..HIGH[:N], or a list A,B,C. Example: ewc sweep --search "
+        "strategies.ewc.strength=log:1..1e12:13 --search strategies.ewc.fisher=exact,batched "
+        "--seeds 0-2 training.epochs=1",
+    )
+    sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="fixed config overrides")
+    sweep.add_argument(
+        "--search", action="append", default=[], metavar="KEY=SPEC", help="a searched key"
+    )
+    sweep.add_argument("--config", type=Path, help="a TOML config file (overrides apply on top)")
+    sweep.add_argument("--out", type=Path, help="the sweep directory (default: runs/sweep-<time>)")
+    sweep.add_argument(
+        "--resume", type=Path, metavar="SWEEP_DIR", help="continue a sweep whose workers stopped"
+    )
+    sweep.add_argument("--seeds", type=parse_seeds, help="seeds of every trial, e.g. 0-2")
+    sweep.add_argument(
+        "--strategies",
+        help="strategies each trial runs; the first one's metric is the objective "
+        "(default: those the search keys name)",
+    )
+    sweep.add_argument("--sampler", choices=["grid", "tpe"], default="grid")
+    sweep.add_argument("--sampler-seed", type=int, default=0, help="seeds the sampler")
+    sweep.add_argument("--trials", type=_positive_int, help="trials in all (tpe)")
+    sweep.add_argument("--objective", choices=["acc", "bwt", "forgetting"], default="acc")
+    sweep.add_argument("--no-prune", action="store_true", help="run every trial to its end")
+    sweep.add_argument(
+        "--storage", help="an Optuna storage URL shared by workers, e.g. postgresql://…"
+    )
+    sweep.add_argument("--study", help="the study's name (default: the sweep directory's name)")
+    sweep.add_argument("--quiet", action="store_true", help="print no line per trial")
+    sweep.add_argument("--no-report", action="store_true", help="skip the plots and report.md")
+    sweep.set_defaults(handler=_sweep)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    import optuna
+
+    from ewc.experiment.config import ConfigError
+    from ewc.experiment.sweep import SpaceError, run_sweep
+    from ewc.experiment.sweep.study import StorageError, StudyMismatchError
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sweep_dir = args.resume or args.out
+    try:
+        spec, sweep_dir, study = _sweep_spec_and_dir(args)
+        log = (lambda line: None) if args.quiet else lambda line: print(line, flush=True)
+        result = run_sweep(
+            spec,
+            sweep_dir,
+            storage=args.storage,
+            study_name=study,
+            resume=bool(args.resume),
+            log=log,
+        )
+    except (ConfigError, SpaceError, StudyMismatchError, TimeoutError, ValueError) as error:
+        print(f"ewc sweep: {error}", file=sys.stderr)
+        return 2
+    except StorageError as error:
+        print(f"ewc sweep: {error}", file=sys.stderr)
+        return 1
+    except ImportError as error:  # the storage URL's database driver is missing
+        if getattr(error, "name", None) == "optuna" or args.storage is None:
+            raise
+        print(
+            f"ewc sweep: no database driver for the storage URL ({error}); install it, e.g. "
+            "`pip install psycopg2-binary` and a URL postgresql+psycopg2://… (SQLAlchemy 2.1 "
+            "reads a bare postgresql:// with psycopg 3: `pip install 'psycopg[binary]'`)",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        hint = f"; continue with `ewc sweep --resume {sweep_dir}`" if sweep_dir else ""
+        print(f"\newc sweep: interrupted{hint}", file=sys.stderr)
+        return 130
+    return _finish_sweep(result, args)
+
+
+def _sweep_spec_and_dir(args: argparse.Namespace) -> tuple[Any, Path, str | None]:
+    """The sweep, its directory and study name from `ewc sweep`'s arguments (creates nothing)."""
+    from ewc.experiment.config import resolve
+    from ewc.experiment.sweep import SweepSpec, parse_space
+    from ewc.experiment.sweep.driver import HIDDEN_STORAGE, read_recorded
+
+    if args.resume is not None:
+        given = [args.out, args.config, args.seeds, args.strategies, args.trials, *args.search]
+        if any(g is not None for g in given) or args.overrides:
+            raise ValueError("--resume takes the recorded sweep; give no search, config or --out")
+        recorded = read_recorded(args.resume)
+        if args.storage is None and recorded["storage"] is not None:
+            if recorded["storage"] == HIDDEN_STORAGE:
+                raise ValueError(
+                    "this sweep's storage URL holds a password; give it with --storage"
+                )
+            args.storage = recorded["storage"]
+        return SweepSpec.from_dict(recorded["spec"]), args.resume, args.study or recorded["study"]
+    if args.storage is not None and args.study is None:
+        raise ValueError(
+            "with --storage, name the study with --study, so that every worker joins it"
+        )
+    dimensions = parse_space(args.search)
+    overrides = list(args.overrides)
+    if args.seeds:
+        overrides.append(f"seeds={json.dumps(args.seeds)}")
+    searched = [d.key.split(".")[1] for d in dimensions if d.key.startswith("strategies.")]
+    names = [n.strip() for n in args.strategies.split(",")] if args.strategies else searched
+    if names:
+        overrides.append(f"compare={json.dumps(list(dict.fromkeys(names)))}")
+    base = resolve(args.config, overrides).to_dict()
+    spec = SweepSpec(
+        space={d.key: d.spec for d in dimensions},
+        base=base,
+        sampler=args.sampler,
+        sampler_seed=args.sampler_seed,
+        objective=args.objective,
+        trials=args.trials,
+        prune=not args.no_prune,
+    )
+    return spec, args.out or _fresh_run_dir("sweep"), args.study
+
+
+def _finish_sweep(result: Any, args: argparse.Namespace) -> int:
+    """Print what the worker ran and the best trial; write the sweep's report."""
+    from ewc.experiment.sweep.driver import BEST_FILE
+
+    counts: dict[str, int] = {}
+    for row in result.rows:
+        counts[row.state] = counts.get(row.state, 0) + 1
+    states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    print(f"\nthis worker ran {len(result.ran)} trial(s); the study holds {states or 'none'}")
+    if result.requeued:
+        print(f"re-queued the trials of killed workers: {result.requeued}")
+    if result.best is None:
+        print("no trial has completed yet")
+    else:
+        params = " ".join(f"{k}={v}" for k, v in result.best.params.items())
+        print(f"best: trial {result.best.number}: {params}")
+        print(f"best config: {result.sweep_dir / BEST_FILE}")
+    print(f"results: {result.sweep_dir / 'results.md'}")
+    if not args.no_report:
+        _sweep_report_or_explain(result.sweep_dir)
+    return 0
+
+
+def _sweep_report_or_explain(sweep_dir: Path) -> None:
+    try:
+        from ewc.report.sweep import write_sweep_report
+
+        path = write_sweep_report(sweep_dir)
+    except ModuleNotFoundError as error:
+        if _optional_dependency(error) is None:
+            raise
+        print(f"ewc sweep: {missing_dependency_message(error)}", file=sys.stderr)
+        return
+    print(f"report: {path}")
 
 
 def _download(args: argparse.Namespace) -> int:
@@ -257,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # key=value overrides may stand between options (argparse takes one positional run only)
     if (
         extra
-        and getattr(args, "command", None) == "run"
+        and getattr(args, "command", None) in ("run", "sweep")
         and all("=" in e and not e.startswith("-") for e in extra)
     ):
         args.overrides = [*args.overrides, *extra]
@@ -292,7 +458,7 @@ def _guarded(args: argparse.Namespace) -> int:
 
 
 #: The optional dependencies and the extra that installs them.
-_OPTIONAL = {"safetensors": "run", "matplotlib": "run", "tomli": "run"}
+_OPTIONAL = {"safetensors": "run", "matplotlib": "run", "tomli": "run", "optuna": "sweep"}
 
 #: What to do about the OS errors a user can cause.
 _ADVICE = {
