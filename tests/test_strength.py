@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -120,3 +124,19 @@ def test_errors_name_what_is_wrong():
         ewc.convert_strength(1.0, frm="mammoth", batch_size=32)
     with pytest.raises(ValueError, match="value must be ≥ 0"):
         ewc.convert_strength(-1.0, frm="mammoth")
+
+
+def test_the_worked_example_runs_both_settings():
+    script = Path(__file__).resolve().parents[1] / "examples" / "strength_conversion.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--train-samples", "100", "--epochs", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("converted: 200 (×2 exactly")
+    rows = [line.split() for line in lines[3:]]
+    assert [row[-3] for row in rows] == ["-", "6400", "200", "6400"]
+    for row in rows:
+        assert 0.0 <= float(row[-2]) <= 1.0

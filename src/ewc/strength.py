@@ -166,8 +166,7 @@ def _check_batch_size(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(
             f"batch_size must be the positive mini-batch size of the {batched.value!r} batched "
-            f"Fisher (a {batched.value!r} Fisher is about 1/batch_size of a per-sample one); "
-            f"got {batch_size!r}"
+            f"Fisher (it is about 1/batch_size of a per-sample one); got {batch_size!r}"
         )
 
 
