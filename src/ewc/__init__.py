@@ -5,8 +5,10 @@ The public API, grouped: Fisher estimation, penalties, training.
 
 from ewc._version import __version__
 from ewc.fisher import DiagonalFisher, FisherKind, diagonal_fisher
+from ewc.mas import MAS, mas_importance
 from ewc.penalties import EWC, L2, PenaltyMode, QuadraticPenalty
 from ewc.strength import ConvertedStrength, StrengthConvention, convert_strength
+from ewc.synaptic_intelligence import SynapticIntelligence
 from ewc.training import NonFiniteLossError, evaluate, train_epoch
 
 __all__ = [
@@ -20,6 +22,10 @@ __all__ = [
     "L2",
     "PenaltyMode",
     "QuadraticPenalty",
+    # siblings: importance from the training path (SI) and from the output's sensitivity (MAS)
+    "MAS",
+    "SynapticIntelligence",
+    "mas_importance",
     # strength conventions
     "ConvertedStrength",
     "StrengthConvention",
