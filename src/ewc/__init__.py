@@ -4,7 +4,14 @@ The public API, grouped: Fisher estimation, penalties, training.
 """
 
 from ewc._version import __version__
-from ewc.fisher import DiagonalFisher, FisherKind, diagonal_fisher
+from ewc.fisher import (
+    DiagonalFisher,
+    FisherIdentities,
+    FisherKind,
+    ScoreMoments,
+    diagonal_fisher,
+    fisher_identities,
+)
 from ewc.mas import MAS, mas_importance
 from ewc.penalties import EWC, L2, PenaltyMode, QuadraticPenalty
 from ewc.strength import ConvertedStrength, StrengthConvention, convert_strength
@@ -17,6 +24,10 @@ __all__ = [
     "DiagonalFisher",
     "FisherKind",
     "diagonal_fisher",
+    # the Fisher identities, measured
+    "FisherIdentities",
+    "ScoreMoments",
+    "fisher_identities",
     # penalties
     "EWC",
     "L2",
