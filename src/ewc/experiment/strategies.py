@@ -9,6 +9,8 @@ runner. Built-ins:
 - ``l2``: (λ/2) Σ_t ‖θ − θ*_t‖² (Kirkpatrick et al. 2017's L2 baseline).
 - ``ewc``: (λ/2) Σ_t Σ_i F_t,i (θ_i − θ*_t,i)², one term per task (Kirkpatrick et al. 2017).
 - ``online-ewc``: one running Fisher F ← γ F + F_t at the latest anchor (Schwarz et al. 2018).
+- ``si``: c Σ_i Ω_i (θ_i − θ̃_i)², Ω from the path integral of training (Zenke et al. 2017).
+- ``mas``: λ Σ_i Ω_i (θ_i − θ*_i)², Ω from the output's sensitivity (Aljundi et al. 2018).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from torch import Tensor, nn
 
 from ewc.experiment.config import ConfigError, build_dataclass
 from ewc.fisher import FisherKind, diagonal_fisher
+from ewc.mas import MAS, mas_importance
 from ewc.penalties import EWC, L2, QuadraticPenalty
+from ewc.synaptic_intelligence import SynapticIntelligence
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,122 @@ def _ewc_settings(params: Mapping[str, Any], prefix: str) -> EWCSettings:
 
 
 @dataclass(frozen=True)
+class SISettings:
+    """Hyper-parameters of ``si`` (defaults: the paper's permuted MNIST, c = 0.1 and ξ = 0.1)."""
+
+    strength: float = 0.1  # c; the penalty is c Σ Ω (θ − θ̃)², no 1/2
+    damping: float = 0.1  # ξ
+
+
+@dataclass(frozen=True)
+class MASSettings:
+    """Hyper-parameters of ``mas``."""
+
+    strength: float = 1.0  # λ; the penalty is λ Σ Ω (θ − θ*)², no 1/2
+    samples: int | None = None  # inputs for Ω; None: the task's whole training set
+
+
+class _StepTracker:
+    """The penalty handed to `ewc.training.train_step`, which calls ``add_gradient_`` right after
+    the task loss's backward and then steps the optimizer: the moment SI must record g and θ.
+
+    The step's end (``after_step``) is recorded lazily, at the next step or before the state is
+    read: the parameters change only through the optimizer in between.
+    """
+
+    def __init__(self, si: SynapticIntelligence):
+        self.si = si
+        self._open = False
+
+    def close(self) -> None:
+        """Record the end of the step taken since the last ``add_gradient_``, if any."""
+        if self._open:
+            self.si.after_step()
+            self._open = False
+
+    def add_gradient_(self) -> Tensor:
+        self.close()
+        self.si.before_step()
+        self._open = True
+        return self.si.add_gradient_()
+
+    def __call__(self) -> Tensor:
+        return self.si()
+
+
+class SIStrategy:
+    """``si``: track every step's path integral; consolidate Ω at the end of each task."""
+
+    def __init__(self, si: SynapticIntelligence):
+        self._tracker = _StepTracker(si)
+
+    def penalty(self) -> _StepTracker:
+        return self._tracker
+
+    def after_task(self, context: TaskContext) -> list[str]:
+        self._tracker.close()
+        self._tracker.si.consolidate()
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        self._tracker.close()
+        return self._tracker.si.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._tracker.close()
+        self._tracker.si.load_state_dict(state)
+
+
+class MASStrategy:
+    """``mas``: after each task, add its importance from `ewc.mas_importance` (no labels used)."""
+
+    def __init__(self, mas: MAS, settings: MASSettings):
+        self._mas = mas
+        self.settings = settings
+
+    def penalty(self) -> MAS:
+        return self._mas
+
+    def after_task(self, context: TaskContext) -> list[str]:
+        importance = mas_importance(
+            context.model,
+            context.train_batches,
+            num_samples=self.settings.samples,
+            output_fn=context.output_fn,
+        )
+        self._mas.consolidate(importance)
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._mas.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._mas.load_state_dict(state)
+
+
+def make_si(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
+    settings = build_dataclass(SISettings, params, "si.")
+    try:
+        si = SynapticIntelligence(model, strength=settings.strength, damping=settings.damping)
+    except ValueError as error:
+        raise ConfigError(f"si: {error}") from None
+    return SIStrategy(si)
+
+
+def make_mas(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
+    settings = build_dataclass(MASSettings, params, "mas.")
+    if settings.samples is not None and settings.samples < 1:
+        raise ConfigError(
+            f"mas.samples must be a positive integer or unset; got {settings.samples}"
+        )
+    try:
+        mas = MAS(model, strength=settings.strength)
+    except ValueError as error:
+        raise ConfigError(f"mas: {error}") from None
+    return MASStrategy(mas, settings)
+
+
+@dataclass(frozen=True)
 class _NoSettings:
     """``finetune`` takes no hyper-parameters."""
 
@@ -189,6 +309,8 @@ BUILTIN_STRATEGIES: dict[str, StrategyFactory] = {
     "l2": make_l2,
     "ewc": make_ewc,
     "online-ewc": make_online_ewc,
+    "si": make_si,
+    "mas": make_mas,
 }
 
 
