@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -90,3 +94,13 @@ def test_table_and_errors():
         ewc.fisher_identities(big, [(torch.zeros(1, 200, dtype=torch.float64), y[:1])])
     with pytest.raises(ValueError, match="labels must be in \\[0, 3\\)"):
         ewc.fisher_identities(model, [(x, torch.full((6,), 5))])
+
+
+def test_the_example_prints_both_tables():
+    script = Path(__file__).resolve().parents[2] / "examples" / "fisher_identities.py"
+    args = ["--train-samples", "100", "--epochs", "1", "--samples", "8"]
+    done = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, check=True
+    )
+    assert "labels from the model's distribution" in done.stdout
+    assert "the data set's labels (the empirical Fisher); N = 8" in done.stdout
