@@ -84,6 +84,11 @@ def test_mas_penalty_has_no_half_and_sums_tasks():
     with torch.no_grad():
         model.weight.add_(0.1)
     assert torch.allclose(twin(), mas())
+    (by_autograd,) = torch.autograd.grad(mas(), [model.weight])
+    model.weight.grad = None
+    mas.add_gradient_()  # 2 λ Ω (θ − θ*), the same as autograd's
+    assert torch.allclose(model.weight.grad, by_autograd, rtol=1e-12)
+    assert torch.allclose(by_autograd, torch.full_like(by_autograd, 2 * 4.0 * 2 * 0.1))
     twin.to(torch.float32)
     assert twin.importance["bias"].dtype == torch.float32
 

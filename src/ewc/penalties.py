@@ -86,7 +86,7 @@ class QuadraticPenalty:
 
     @property
     def strength(self) -> float:
-        """λ, the paper's regularisation strength (the penalty is (λ/2) Σ ...)."""
+        """λ, the paper's regularisation strength (the penalty is h λ Σ ..., h = penalty_factor)."""
         return self._strength
 
     @strength.setter
