@@ -55,7 +55,8 @@ class SynapticIntelligence(QuadraticPenalty):
     Args:
         model: the model whose trainable parameters (by ``named_parameters()`` name) are tracked.
         strength: c ≥ 0, the paper's constant (the penalty has no 1/2).
-        damping: ξ > 0 of Eq. 5 (0.1 in the paper's permuted MNIST; 1e-3 in split MNIST).
+        damping: ξ > 0 of Eq. 5 (0.1 in the authors' permuted-MNIST notebook, 1e-3 in their
+            split CIFAR runs; ganguli-lab/pathint).
     """
 
     penalty_factor = 1.0
