@@ -4,8 +4,20 @@ The public API, grouped: Fisher estimation, penalties, training.
 """
 
 from ewc._version import __version__
-from ewc.fisher import DiagonalFisher, FisherKind, KroneckerFisher, diagonal_fisher, kfac_fisher
+from ewc.fisher import (
+    DiagonalFisher,
+    FisherIdentities,
+    FisherKind,
+    KroneckerFisher,
+    ScoreMoments,
+    diagonal_fisher,
+    fisher_identities,
+    kfac_fisher,
+)
+from ewc.mas import MAS, mas_importance
 from ewc.penalties import EWC, L2, PenaltyMode, QuadraticPenalty
+from ewc.strength import ConvertedStrength, StrengthConvention, convert_strength
+from ewc.synaptic_intelligence import SynapticIntelligence
 from ewc.training import NonFiniteLossError, evaluate, train_epoch
 
 __all__ = [
@@ -16,11 +28,23 @@ __all__ = [
     "diagonal_fisher",
     "KroneckerFisher",
     "kfac_fisher",
+    # the Fisher identities, measured
+    "FisherIdentities",
+    "ScoreMoments",
+    "fisher_identities",
     # penalties
     "EWC",
     "L2",
     "PenaltyMode",
     "QuadraticPenalty",
+    # siblings: importance from the training path (SI) and from the output's sensitivity (MAS)
+    "MAS",
+    "SynapticIntelligence",
+    "mas_importance",
+    # strength conventions
+    "ConvertedStrength",
+    "StrengthConvention",
+    "convert_strength",
     # training
     "NonFiniteLossError",
     "evaluate",

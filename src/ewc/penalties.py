@@ -56,12 +56,19 @@ class QuadraticPenalty:
     Ω and the anchor θ̄, plus the constant c that makes the separate mode's value exact. Nothing is
     stored on the model or its parameters. Before the first consolidation the penalty is 0.
 
+    Subclasses whose paper writes the penalty without the 1/2 (SI, MAS) set ``penalty_factor`` to
+    1, so that ``strength`` stays the paper's constant: the value is then h λ [Σ Ω (θ − θ̄)² + c]
+    with h = ``penalty_factor``.
+
     Args:
         model: the model whose parameters are penalised.
         strength: λ ≥ 0, the paper's λ (the penalty carries the 1/2).
         mode: ``"separate"`` (default) or ``"online"``.
         gamma: the online decay γ ∈ (0, 1]; must stay 1 in separate mode.
     """
+
+    #: h in h λ Σ Ω (θ − θ̄)²: 1/2 for EWC and L2 (Kirkpatrick et al. 2017, Eq. 3).
+    penalty_factor: float = 0.5
 
     def __init__(
         self,
@@ -87,7 +94,7 @@ class QuadraticPenalty:
 
     @property
     def strength(self) -> float:
-        """λ, the paper's regularisation strength (the penalty is (λ/2) Σ ...)."""
+        """λ, the paper's regularisation strength (the penalty is h λ Σ ..., h = penalty_factor)."""
         return self._strength
 
     @strength.setter
@@ -155,7 +162,7 @@ class QuadraticPenalty:
         return value
 
     def _value_and_gradient(self, params: list[nn.Parameter]) -> tuple[Tensor, list[Tensor]]:
-        """(λ/2)(Σ Ω (θ − θ̄)² + c) and λ Ω (θ − θ̄), per parameter, with fused list ops."""
+        """h λ (Σ Ω (θ − θ̄)² + c) and 2 h λ Ω (θ − θ̄) per parameter (h = 1/2 for EWC), fused."""
         names = list(self._params)
         differences = torch._foreach_sub(params, [self._anchor[n] for n in names])
         weighted = torch._foreach_mul(differences, [self._importance[n] for n in names])
@@ -164,8 +171,8 @@ class QuadraticPenalty:
         )
         if self._kronecker.terms:
             squares = squares + self._add_kronecker(names, weighted)
-        value = 0.5 * self.strength * (squares + self._constant.to(squares))
-        torch._foreach_mul_(weighted, self.strength)
+        value = self.penalty_factor * self.strength * (squares + self._constant.to(squares))
+        torch._foreach_mul_(weighted, 2 * self.penalty_factor * self.strength)
         return value, weighted
 
     def _add_kronecker(self, names: list[str], weighted: list[Tensor]) -> Tensor:

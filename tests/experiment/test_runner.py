@@ -204,9 +204,9 @@ def test_divergence_is_reported_and_the_other_strategies_finish(tmp_path):
 def test_unknown_strategies_are_refused_before_any_training(tmp_path):
     with pytest.raises(ValueError, match=r"compare names \['si'\] but only"):
         run_experiment(tiny_config('compare=["si"]'), tmp_path / "run", data=learnable_digits())
-    with pytest.raises(ValueError, match="strategy 'mine' has unknown type 'si'"):
+    with pytest.raises(ValueError, match="strategy 'mine' has unknown type 'lwf'"):
         run_experiment(
-            tiny_config('strategies.mine={type="si"}', 'compare=["mine"]'),
+            tiny_config('strategies.mine={type="lwf"}', 'compare=["mine"]'),
             tmp_path / "r2",
             data=learnable_digits(),
         )

@@ -122,8 +122,8 @@ def test_plain_sgd_that_would_diverge_is_reported(model):
         ),
         (
             "x",
-            {"type": "si"},
-            r"strategy 'x' has unknown type 'si' \(strategies\.x\.type\); valid types are "
+            {"type": "lwf"},
+            r"strategy 'x' has unknown type 'lwf' \(strategies\.x\.type\); valid types are "
             "'finetune', 'l2'",
         ),
     ],
@@ -134,7 +134,15 @@ def test_bad_settings_are_named(model, name, params, message):
 
 
 def test_the_builtins_are_the_documented_strategies():
-    assert list(BUILTIN_STRATEGIES) == ["finetune", "l2", "ewc", "online-ewc", "kfac-ewc"]
+    assert list(BUILTIN_STRATEGIES) == [
+        "finetune",
+        "l2",
+        "ewc",
+        "online-ewc",
+        "kfac-ewc",
+        "si",
+        "mas",
+    ]
 
 
 def test_kfac_ewc_consolidates_kronecker_blocks():

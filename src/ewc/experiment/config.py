@@ -207,6 +207,8 @@ BASE_STRATEGIES: dict[str, dict[str, Any]] = {
 #: hash), and one that does records their settings like any other.
 OPTIONAL_STRATEGIES: dict[str, dict[str, Any]] = {
     "kfac-ewc": {"strength": 200.0, "fisher": FisherKind.EXACT.value, "fisher_samples": None},
+    "si": {"strength": 0.1, "damping": 0.1},
+    "mas": {"strength": 1.0, "samples": None},
 }
 
 

@@ -11,6 +11,8 @@ runner. Built-ins:
 - ``online-ewc``: one running Fisher F ← γ F + F_t at the latest anchor (Schwarz et al. 2018).
 - ``kfac-ewc``: EWC with a K-FAC Fisher, G ⊗ A per Linear / Conv2d layer and the diagonal for
   the rest (Ritter et al. 2018; `ewc.kfac_fisher`); the tasks' Kronecker terms are kept apart.
+- ``si``: c Σ_i Ω_i (θ_i − θ̃_i)², Ω from the path integral of training (Zenke et al. 2017).
+- ``mas``: λ Σ_i Ω_i (θ_i − θ*_i)², Ω from the output's sensitivity (Aljundi et al. 2018).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from torch import Tensor, nn
 
 from ewc.experiment.config import ConfigError, Optimizer, above, at_least, build_dataclass
 from ewc.fisher import FisherKind, diagonal_fisher, kfac_fisher
+from ewc.mas import MAS, mas_importance
 from ewc.penalties import EWC, L2, QuadraticPenalty
+from ewc.synaptic_intelligence import SynapticIntelligence
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,114 @@ def make_kfac_ewc(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
 
 
 @dataclass(frozen=True)
+class SISettings:
+    """Hyper-parameters of ``si``: ξ = 0.1 and c = 0.1 from the authors' permuted-MNIST notebook
+    (ganguli-lab/pathint, which sweeps c over 0, 0.01, 0.1 and 1); not tuned here."""
+
+    strength: float = at_least(0.0, 0.1)  # c; the penalty is c Σ Ω (θ − θ̃)², no 1/2
+    damping: float = above(0.0, 0.1)  # ξ
+
+
+@dataclass(frozen=True)
+class MASSettings:
+    """Hyper-parameters of ``mas`` (λ = 1: a starting point, not tuned here)."""
+
+    strength: float = at_least(0.0, 1.0)  # λ; the penalty is λ Σ Ω (θ − θ*)², no 1/2
+    samples: int | None = at_least(1, None)  # inputs for Ω; None: the task's whole training set
+
+
+class _StepTracker:
+    """The penalty handed to `ewc.training.train_step`, which calls ``add_gradient_`` right after
+    the task loss's backward and then steps the optimizer: the moment SI must record g and θ.
+
+    The step's end (``after_step``) is recorded lazily, at the next step or before the state is
+    read: the parameters change only through the optimizer in between.
+    """
+
+    def __init__(self, si: SynapticIntelligence):
+        self.si = si
+        self._open = False
+
+    def close(self) -> None:
+        """Record the end of the step taken since the last ``add_gradient_``, if any."""
+        if self._open:
+            self.si.after_step()
+            self._open = False
+
+    def add_gradient_(self) -> Tensor:
+        self.close()
+        self.si.before_step()
+        self._open = True
+        return self.si.add_gradient_()
+
+    def __call__(self) -> Tensor:
+        return self.si()
+
+
+class SIStrategy:
+    """``si``: track every step's path integral; consolidate Ω at the end of each task."""
+
+    def __init__(self, si: SynapticIntelligence):
+        self._tracker = _StepTracker(si)
+
+    def penalty(self) -> _StepTracker:
+        return self._tracker
+
+    def after_task(self, context: TaskContext) -> list[str]:
+        self._tracker.close()
+        self._tracker.si.consolidate()
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        self._tracker.close()
+        return self._tracker.si.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._tracker.close()
+        self._tracker.si.load_state_dict(state)
+
+
+class MASStrategy:
+    """``mas``: after each task, add its importance from `ewc.mas_importance` (no labels used)."""
+
+    def __init__(self, mas: MAS, settings: MASSettings):
+        self._mas = mas
+        self.settings = settings
+
+    def penalty(self) -> MAS:
+        return self._mas
+
+    def after_task(self, context: TaskContext) -> list[str]:
+        importance = mas_importance(
+            context.model,
+            context.train_batches,
+            num_samples=self.settings.samples,
+            output_fn=context.output_fn,
+        )
+        self._mas.consolidate(importance)
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._mas.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._mas.load_state_dict(state)
+
+
+def make_si(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
+    """``si``: the path-integral importance of Zenke et al. (2017)."""
+    settings = build_dataclass(SISettings, params, "")
+    si = SynapticIntelligence(model, strength=settings.strength, damping=settings.damping)
+    return SIStrategy(si)
+
+
+def make_mas(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
+    """``mas``: the output-sensitivity importance of Aljundi et al. (2018)."""
+    settings = build_dataclass(MASSettings, params, "")
+    return MASStrategy(MAS(model, strength=settings.strength), settings)
+
+
+@dataclass(frozen=True)
 class _NoSettings:
     """``finetune`` takes no hyper-parameters."""
 
@@ -217,6 +329,8 @@ BUILTIN_STRATEGIES: dict[str, StrategyFactory] = {
     "ewc": make_ewc,
     "online-ewc": make_online_ewc,
     "kfac-ewc": make_kfac_ewc,
+    "si": make_si,
+    "mas": make_mas,
 }
 
 

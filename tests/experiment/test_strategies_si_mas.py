@@ -1,0 +1,93 @@
+"""The ``si`` and ``mas`` strategies, driven the way the runner drives them (train_step)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import ewc
+from ewc._batches import Batch
+from ewc.experiment.config import ConfigError
+from ewc.experiment.strategies import TaskContext, build_strategy
+from ewc.training import train_step
+
+
+def batches(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(12, 3, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 2, (12,), generator=gen)
+    return [(x[:6], y[:6]), (x[6:], y[6:])]
+
+
+def context(model, data):
+    return TaskContext(model, 0, data, None, torch.Generator().manual_seed(0), "adam", 1e-2)
+
+
+def make_model():
+    torch.manual_seed(0)
+    return nn.Linear(3, 2).double()
+
+
+def test_si_strategy_records_the_same_path_as_before_and_after_step():
+    model, twin_model = make_model(), make_model()
+    strategy = build_strategy("si", {"strength": 0.5, "damping": 0.2}, model)
+    twin = ewc.SynapticIntelligence(twin_model, strength=0.5, damping=0.2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    twin_opt = torch.optim.Adam(twin_model.parameters(), lr=1e-2)
+    for i, (x, y) in enumerate(batches() * 3):
+        train_step(model, Batch(i, x, y), opt, penalty=strategy.penalty())
+        twin_opt.zero_grad()
+        nn.functional.cross_entropy(twin_model(x), y).backward()
+        twin.before_step()
+        twin.add_gradient_()
+        twin_opt.step()
+        twin.after_step()
+    assert strategy.after_task(context(model, batches())) == []
+    twin.consolidate()
+    si = strategy.penalty().si
+    for name in twin.importance:
+        assert torch.allclose(si.importance[name], twin.importance[name], rtol=1e-12)
+    assert si.importance["weight"].abs().sum() > 0
+
+
+def test_si_state_mid_task_survives_a_round_trip():
+    model = make_model()
+    strategy = build_strategy("si", {}, model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for i, (x, y) in enumerate(batches()):
+        train_step(model, Batch(i, x, y), opt, penalty=strategy.penalty())
+    state = copy.deepcopy(strategy.state_dict())  # closes the step just taken
+    assert state["path_integral"]["weight"].abs().sum() > 0
+    restored = build_strategy("si", {}, model)
+    restored.load_state_dict(state)
+    strategy.after_task(context(model, batches()))
+    restored.after_task(context(model, batches()))
+    assert torch.equal(strategy.penalty().si.importance["weight"],
+                       restored.penalty().si.importance["weight"])  # fmt: skip
+
+
+def test_mas_strategy_consolidates_the_mas_importance():
+    model = make_model()
+    strategy = build_strategy("mas", {"strength": 2.0, "samples": 6}, model)
+    data = batches()
+    expected = ewc.mas_importance(model, data, num_samples=6)
+    strategy.after_task(context(model, data))
+    penalty = strategy.penalty()
+    assert penalty.num_tasks == 1
+    assert torch.equal(penalty.importance["weight"], expected["weight"])
+    twin = build_strategy("mas", {"strength": 2.0}, make_model())
+    twin.load_state_dict(strategy.state_dict())
+    assert torch.equal(twin.penalty().importance["bias"], expected["bias"])
+
+
+def test_bad_settings_are_config_errors():
+    model = make_model()
+    with pytest.raises(ConfigError, match=r"strategies\.si\.damping must be positive"):
+        build_strategy("si", {"damping": 0.0}, model)
+    with pytest.raises(ConfigError, match=r"strategies\.mas\.samples must be at least 1"):
+        build_strategy("mas", {"samples": 0}, model)
+    with pytest.raises(ConfigError, match=r"unknown config key 'strategies\.si\.gamma'"):
+        build_strategy("si", {"gamma": 0.5}, model)
