@@ -58,6 +58,11 @@ class ModuleCall:
         """The first positional argument: the input of every layer with a closed-form rule."""
         return self.args[0]
 
+    def tensor_arguments(self) -> list[Tensor]:
+        """The tensors among the positional and keyword arguments, nested ones included."""
+        values, _ = tree_flatten((self.args, self.kwargs))
+        return [v for v in values if isinstance(v, Tensor)]
+
     def has_batched_input(self, batch_size: int) -> bool:
         """Whether any argument holds one row per sample (else the call is the same for all)."""
         values, _ = tree_flatten((self.args, self.kwargs))

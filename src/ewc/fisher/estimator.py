@@ -223,13 +223,18 @@ def _per_sample_sums(
     sums = {name: torch.zeros_like(p, dtype=setting.dtype) for name, p in params.items()}
     static = [*model.parameters(), *model.buffers()]
     moved: dict[str, str] = {}  # parameters the numeric check sent to the whole-model path
+    checked: set[tuple] = set()  # the shapes of the batches checked so far
     count = 0
     with CallRecorder(_owner_modules(model, params), static) as recorder:
         for batch in batches:
             recorder.calls.clear()
             logits = model_logits(model, batch, setting.output_fn)
             vectors = _vectors(logits, batch, setting)
-            plan = _plan(model, recorder, logits, batch, params, setting, moved, count == 0)
+            shapes = _shapes(recorder.calls, batch)
+            plan = _plan(
+                model, recorder, logits, batch, params, setting, moved, shapes not in checked
+            )
+            checked.add(shapes)
             _accumulate_batch(recorder, logits, vectors, plan, sums, setting.dtype)
             if plan.whole_model:
                 with recorder.paused():
@@ -242,6 +247,18 @@ def _per_sample_sums(
                     )
             count += batch.size
     return sums, count
+
+
+def _shapes(calls: list[ModuleCall], batch: Batch) -> tuple:
+    """What the numeric check depends on besides values: the shapes of every recorded call.
+
+    Whether a call's argument holds one row per sample is read from its first dimension; a new
+    combination of shapes (a last, smaller batch; another sequence length) is checked again.
+    """
+    return (
+        tuple(batch.inputs.shape),
+        tuple((call.name, *(tuple(a.shape) for a in call.tensor_arguments())) for call in calls),
+    )
 
 
 def _owner_modules(model: nn.Module, params: dict[str, nn.Parameter]) -> dict[str, nn.Module]:
@@ -279,9 +296,9 @@ def _plan(
     params: dict[str, nn.Parameter],
     setting: _Setting,
     moved: dict[str, str],
-    first: bool,
+    check: bool,
 ) -> Plan:
-    """This batch's plan: from its graph, with the numeric check's corrections; checked if first."""
+    """This batch's plan: from its graph, corrected by the numeric check (run if ``check``)."""
     for call in recorder.calls:
         call.check_inputs_unchanged()
     if setting.checks.graph:
@@ -289,7 +306,7 @@ def _plan(
     else:
         plan = owner_plan(recorder.calls, params)
     plan.route_to_whole_model({n: r for n, r in moved.items() if n in plan.sites})
-    if first and setting.checks.numeric:
+    if check and setting.checks.numeric:
         moved.update(
             check_plan(
                 plan,

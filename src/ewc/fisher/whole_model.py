@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 
 from ewc.fisher.rules.base import PER_SAMPLE_BUDGET
+from ewc.fisher.rules.functional import without_batching_rule_warnings
 
 OutputFn = Callable[[Any], Tensor] | None
 
@@ -55,10 +56,12 @@ def whole_model_sums(
     totals = {name: torch.zeros_like(p) for name, p in state[0].items()}
     try:
         run = vmap(_one_sample(model, state, output_fn, square))
-        for start in range(0, inputs.shape[0], chunk):
-            stop = start + chunk
-            for name, value in run(inputs[start:stop], stacked[start:stop]).items():
-                totals[name] += value.sum(0)
+        # torch.func differentiates inside; no graph back to the model
+        with torch.no_grad(), without_batching_rule_warnings():
+            for start in range(0, inputs.shape[0], chunk):
+                stop = start + chunk
+                for name, value in run(inputs[start:stop], stacked[start:stop]).items():
+                    totals[name] += value.sum(0)
     except Exception:  # any failure under vmap: plain autograd, one sample at a time
         totals = _sample_by_sample(model, state, inputs, stacked, output_fn, square)
     return totals
@@ -140,5 +143,6 @@ def _sample_by_sample(
             )
             for name, g in zip(chosen, grads, strict=True):
                 if g is not None:
+                    g = g.detach().to(totals[name].dtype)
                     totals[name] += g.square() if square else g
     return totals

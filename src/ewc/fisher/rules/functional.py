@@ -9,7 +9,9 @@ model work, including raw ``nn.Parameter``s used in a custom ``forward``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -50,7 +52,19 @@ class FunctionalRule(Rule):
             (grad,) = pullback(tuple(c.unsqueeze(0).to(o.dtype) for c, o in pairs))
             return {name: g.to(dtype) for name, g in grad.items()}
 
-        return vmap(one_sample, in_dims=(arg_dims, kwarg_dims, 0))(call.args, call.kwargs, grads)
+        with without_batching_rule_warnings():
+            return vmap(one_sample, in_dims=(arg_dims, kwarg_dims, 0))(
+                call.args, call.kwargs, grads
+            )
+
+
+@contextmanager
+def without_batching_rule_warnings() -> Iterator[None]:
+    """Silence torch.func's notice that an op (e.g. CPU flash attention) runs under vmap by a
+    slower loop: the result is the same, and the notice says nothing the user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="There is a performance drop because we have not")
+        yield
 
 
 def _state(
