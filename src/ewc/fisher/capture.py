@@ -39,6 +39,8 @@ class ModuleCall:
             batch (e.g. input windows of a convolution); it lives as long as the call record.
         boundary: the autograd nodes of the tensor arguments that carry a gradient: where the
             call's own part of the graph ends (see `ewc.fisher.coverage`).
+        own: local name → id of the tensor the module held as that parameter during the call
+            (under `torch.func.functional_call` it is not the registered parameter).
     """
 
     module: nn.Module
@@ -52,6 +54,7 @@ class ModuleCall:
     static_storage: frozenset[int] = frozenset()
     cache: dict[Any, Any] = field(default_factory=dict)
     boundary: tuple[Any, ...] = ()
+    own: dict[str, int] = field(default_factory=dict)
 
     @property
     def input(self) -> Tensor:
@@ -163,5 +166,6 @@ class CallRecorder:
                 versions,
                 self._static_storage,
                 boundary=boundary,
+                own={k: id(t) for k, t in module._parameters.items() if t is not None},
             )
         )

@@ -38,7 +38,10 @@ from ewc.fisher.rules import FALLBACK, rule_for
 Node = Any  # torch.autograd.graph.Node; hashed by identity (autograd keeps one object per node)
 
 #: Why a parameter goes to the whole-model path, by cause.
-OUTSIDE_OWNER = "used outside the forward of the module that owns it (e.g. functional weight tying)"
+OUTSIDE_OWNER = (
+    "used outside every recorded call of the module that owns it (functional weight tying, a "
+    "child's weight read by its parent, a module whose output holds no tensor autograd tracks)"
+)
 UNBATCHED_CALL = "its module was called without a per-sample input"
 
 
@@ -132,12 +135,13 @@ class _InnerNodes:
 def _owned_sites(
     calls: list[ModuleCall], full_names: dict[int, str]
 ) -> dict[str, list[tuple[int, str]]]:
-    """Full name → [(call position, local name)] over the calls of the module owning it."""
+    """Full name → [(call position, local name)] over the calls of the module owning it that
+    used the registered parameter itself."""
     owned: dict[str, list[tuple[int, str]]] = {}
     for position, call in enumerate(calls):
-        for local, p in call.module.named_parameters(recurse=False):
-            if id(p) in full_names:
-                owned.setdefault(full_names[id(p)], []).append((position, local))
+        for local, identity in call.own.items():
+            if identity in full_names:
+                owned.setdefault(full_names[identity], []).append((position, local))
     return owned
 
 

@@ -368,9 +368,9 @@ def owner_plan(calls: list[ModuleCall], params: dict[str, nn.Parameter]) -> Plan
     full_names = {id(p): name for name, p in params.items()}
     plan = Plan()
     for position, call in enumerate(calls):
-        for local, p in call.module.named_parameters(recurse=False):
-            if id(p) in full_names:
-                plan.sites.setdefault(full_names[id(p)], []).append((position, local))
+        for local, identity in call.own.items():
+            if identity in full_names:
+                plan.sites.setdefault(full_names[identity], []).append((position, local))
     return plan
 
 
