@@ -17,6 +17,10 @@ With several old tasks t there are two published variants:
   anchor moves to the latest θ*; γ ∈ (0, 1] forgets old tasks gradually.
 
 The L2 baseline of the paper is the same penalty with F = 1 for every parameter.
+
+Ω and θ̄ live on each parameter's device, in its dtype, or in float32 for a float16 or bfloat16
+parameter: a Fisher's small entries would round to zero in half precision, and the gradient is
+cast to the parameter's dtype only when it is added to ``.grad``.
 """
 
 from __future__ import annotations
@@ -141,7 +145,7 @@ class QuadraticPenalty:
         value, gradients = self._value_and_gradient(params)
         for param, gradient in zip(params, gradients, strict=True):
             if param.grad is None:
-                param.grad = gradient
+                param.grad = gradient.to(param.dtype)
             else:
                 param.grad.add_(gradient)
         return value
@@ -167,7 +171,7 @@ class QuadraticPenalty:
                 f"this penalty holds {self.fisher_kind!r} Fishers and a {kind!r} Fisher is a "
                 "different quantity (λ differs by orders of magnitude); use one kind per penalty"
             )
-        anchors = {name: p.detach().clone() for name, p in params.items()}
+        anchors = {name: p.detach().to(_state_dtype(p), copy=True) for name, p in params.items()}
         if not self._params or self.mode is PenaltyMode.ONLINE:
             self._replace_or_decay(fisher, anchors)
         else:
@@ -193,7 +197,8 @@ class QuadraticPenalty:
             omega, mean, new = self._importance[name], self._anchor[name], anchors[name]
             total = omega + f
             safe = torch.where(total > 0, total, torch.ones_like(total))
-            self._constant += (omega * f / safe * (mean - new).square()).sum().to(torch.float64)
+            extra = (omega * f / safe * (mean - new).square()).sum()
+            self._constant += extra.to(device=self._constant.device, dtype=torch.float64)
             self._anchor[name] = torch.where(total > 0, mean + f / safe * (new - mean), new)
             self._importance[name] = total
 
@@ -305,7 +310,7 @@ def _checked_gamma(gamma: float, mode: PenaltyMode) -> float:
 def _checked_tensors(
     values: Mapping[str, Tensor], params: dict[str, nn.Parameter], what: str
 ) -> dict[str, Tensor]:
-    """The tensors of ``values``, cast to each parameter's dtype and device, checked to fit."""
+    """``values`` on each parameter's device, in its `_state_dtype`, checked to fit."""
     missing, unexpected = sorted(set(params) - set(values)), sorted(set(values) - set(params))
     if missing or unexpected:
         raise ValueError(
@@ -320,8 +325,13 @@ def _checked_tensors(
             raise ValueError(
                 f"{what} entry {name!r} has shape {shape}; the parameter has {tuple(param.shape)}"
             )
-        checked[name] = value.detach().to(dtype=param.dtype, device=param.device)
+        checked[name] = value.detach().to(dtype=_state_dtype(param), device=param.device)
     return checked
+
+
+def _state_dtype(param: Tensor) -> torch.dtype:
+    """The dtype Ω and θ̄ are kept in: the parameter's, and at least float32."""
+    return torch.promote_types(param.dtype, torch.float32)
 
 
 def _checked_importance(
