@@ -49,7 +49,8 @@ def test_sample_kind_matches_brute_force_on_the_same_draws(factory):
     if p.dim() == 3:
         drawn = sequence_draws(p, k, seed=7)
     else:
-        drawn = torch.multinomial(p, k, replacement=True, generator=torch.Generator().manual_seed(7))
+        gen = torch.Generator().manual_seed(7)
+        drawn = torch.multinomial(p, k, replacement=True, generator=gen)
     reference = brute_force_fisher(
         case.model, case.inputs, case.targets, "sample", output_fn=case.output_fn, sampled=drawn
     )

@@ -80,7 +80,8 @@ def test_the_penalty_of_a_half_model_keeps_a_float32_importance():
             p.add_(0.01)
     value = penalty()
     value.backward()
-    assert value.dtype == torch.float32 and bool(value.isfinite())
+    assert value.dtype == torch.float32
+    assert bool(value.isfinite())
     assert all(p.grad.dtype == torch.float16 for p in half.parameters())
     before = {n: p.grad.clone() for n, p in half.named_parameters()}
     penalty.add_gradient_()
