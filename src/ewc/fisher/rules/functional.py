@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import tree_flatten
 
 from ewc.fisher.capture import ModuleCall
@@ -60,9 +61,9 @@ class FunctionalRule(Rule):
 
 @contextmanager
 def without_batching_rule_warnings() -> Iterator[None]:
-    """Silence torch.func's notice that an op (e.g. CPU flash attention) runs under vmap by a
-    slower loop: the result is the same, and the notice says nothing the user can act on."""
-    with warnings.catch_warnings():
+    """Attention by its math kernel, whose ops all have batching rules (the fused CPU kernel runs
+    under vmap as a loop over samples), and no notice for the ops that still loop."""
+    with warnings.catch_warnings(), sdpa_kernel([SDPBackend.MATH]):
         warnings.filterwarnings("ignore", message="There is a performance drop because we have not")
         yield
 
