@@ -4,6 +4,11 @@ Per-sample kinds cost one forward pass and, per output-gradient vector (1, k or 
 `ewc.fisher.cotangents`), one backward pass that asks autograd only for the gradients at the
 outputs of parameter-owning modules. The rules turn those into Σ_n (per-sample gradient)² without
 materialising per-sample gradients where a closed form exists (`ewc.fisher.rules`).
+
+Before any of that, each batch's autograd graph decides which path accounts for each parameter
+(`ewc.fisher.coverage`: its rule, an ancestor's functional rule, or per-sample gradients of the
+whole model, `ewc.fisher.whole_model`), and the first batch of each shape proves the plan
+numerically (`ewc.fisher.verify`). Gradients are cast to at least float32 before they are squared.
 """
 
 from __future__ import annotations
