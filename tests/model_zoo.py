@@ -371,7 +371,7 @@ class TinyLM(nn.Module):
     positional embedding as a bare root parameter, a causal encoder layer, RMSNorm; it returns a
     dataclass (``output_fn`` reads ``.logits``), one row of vocabulary logits per token."""
 
-    def __init__(self, vocab: int = 4, dim: int = 6, length: int = 4):
+    def __init__(self, vocab: int = 3, dim: int = 6, length: int = 3):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         self.pos = nn.Parameter(torch.randn(length, dim) * 0.3)
@@ -452,7 +452,7 @@ def _token_targets(ids: Tensor, classes: int, pad: Tensor) -> Tensor:
 
 
 def language_model(n: int = 4) -> Case:
-    ids = torch.randint(0, 4, (n, 4))
+    ids = torch.randint(0, 3, (n, 3))
     targets = torch.roll(ids, -1, dims=1)
     targets[:, -1] = -100  # no next token
     targets[1, 1:] = -100  # a shorter sequence
@@ -460,7 +460,7 @@ def language_model(n: int = 4) -> Case:
 
 
 def tagger(n: int = 4) -> Case:
-    ids = _padded_ids(n, 4, 6)
+    ids = _padded_ids(n, 3, 6)
     targets = _token_targets(ids, 3, ids == 0)
     return Case("tagger", TokenTagger(), ids, targets, output_fn=lambda out: out["logits"])
 

@@ -23,9 +23,9 @@ def test_the_sample_is_the_sequence_not_the_token():
     # the same tokens, each its own sample, give another quantity (no cross terms, N·T samples)
     ids, targets = case.inputs, case.targets
     tokens = [
-        (ids[n : n + 1], targets[n : n + 1].masked_fill(torch.arange(4) != t, -100))
+        (ids[n : n + 1], targets[n : n + 1].masked_fill(torch.arange(3) != t, -100))
         for n in range(len(ids))
-        for t in range(4)
+        for t in range(3)
         if targets[n, t] != -100
     ]
     per_token = ewc.diagonal_fisher(case.model, tokens, "empirical", output_fn=case.output_fn)
@@ -45,13 +45,13 @@ def test_padding_tokens_change_nothing():
 @pytest.mark.parametrize(
     ("targets", "error", "message"),
     [
-        (torch.zeros(4, 3, dtype=torch.long), ValueError, r"need labels of shape \(4, 4\)"),
+        (torch.zeros(4, 2, dtype=torch.long), ValueError, r"need labels of shape \(4, 3\)"),
         (
-            torch.full((4, 4), 3),
+            torch.full((4, 3), 3),
             ValueError,
             r"labels must be in \[0, 3\) or -100 \(ignored\); got 3",
         ),
-        (torch.zeros(4, 4), TypeError, "labels must be integers"),
+        (torch.zeros(4, 3), TypeError, "labels must be integers"),
     ],
 )
 def test_sequence_labels_are_checked_for_every_kind(targets, error, message):
