@@ -230,6 +230,18 @@ def check_share(model: nn.Module, data: Batches, kind: str, repeats: int) -> flo
     return spent[0] / total
 
 
+def check_table(name: str, model: nn.Module, data: Batches) -> dict[str, float]:
+    """Only the checks' share of each per-sample kind's time (one run each, after a warm-up)."""
+    inputs = sum(len(x) for x, _ in data)
+    print(f"\n{name}, {inputs} inputs: time in the coverage checks ÷ the estimator's time")
+    ewc.diagonal_fisher(model, data[:1], "exact")
+    shares = {}
+    for kind in KINDS[:-1]:
+        shares[kind] = check_share(model, data, kind, repeats=1)
+        print(f"  ewc {kind:10s} checks {100 * shares[kind]:5.2f}%")
+    return {"check_share": shares}
+
+
 def row(label: str, ratio: float, base: float, note: str = "") -> None:
     print(f"  {label:30s} {ratio:9.2f}x {ratio * base:8.3f}s  {note}")
 
@@ -364,6 +376,9 @@ def main() -> None:
     parser.add_argument("--models", default="mlp,cnn", help="comma-separated models (mlp, cnn)")
     parser.add_argument("--no-penalty", action="store_true", help="skip the penalty step costs")
     parser.add_argument("--no-peers", action="store_true", help="skip BackPACK and NNGeometry")
+    parser.add_argument(
+        "--checks-only", action="store_true", help="only the coverage checks' share of each kind"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -373,6 +388,9 @@ def main() -> None:
     for name in args.models.split(","):
         model = build_model(name, num_outputs=10, seed=0)
         train_briefly(model, batches(x, y, 128))
+        if args.checks_only:
+            figures[name] = check_table(name.upper(), model, batches(x, y, 256))
+            continue
         figures[name] = fisher_table(
             name.upper(), model, batches(x, y, 256), args.repeats, args.no_peers
         )

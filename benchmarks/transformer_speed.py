@@ -181,6 +181,8 @@ def main() -> None:
     parser.add_argument("--sequences", type=int, default=64)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8, help="sequences per batch (GPT)")
+    parser.add_argument("--images", type=int, default=256, help="images (ViT)")
+    parser.add_argument("--vit-kinds", default="sample,empirical")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -191,7 +193,10 @@ def main() -> None:
     for name in args.models.split(","):
         if name == "vit":
             figures["vit"] = bench(
-                "ViT (6 × 192, 32×32 images)", ViT(), vit_data(256, 64), ["sample", "empirical"]
+                "ViT (6 × 192, 32×32 images)",
+                ViT(),
+                vit_data(args.images, 64),
+                args.vit_kinds.split(","),
             )
         elif name == "gpt2":
             data = gpt_data(args.sequences, args.length, args.batch)
