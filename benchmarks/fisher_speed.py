@@ -3,14 +3,16 @@
 The physical limit for a per-sample Fisher is about one training pass over the same inputs, so
 every time is printed as a ratio to that pass (batch 256, timed alternately with the estimator in
 the same run), together with the speed-up over the classic batch-size-one argmax loop of
-ewc.pytorch. With ``backpack-for-pytorch`` and ``nngeometry`` installed, their diagonal Fishers are
-timed on the same models and data, and the relative L2 difference to our estimate of the same
-quantity is printed. The second part times a training step with the EWC penalty against one
-without it, for 1, 10 and 50 consolidated tasks, next to the seed's design of one penalty object
-per task.
+ewc.pytorch, and the share of the estimator's time spent proving that the per-layer rules account
+for every use of every parameter (the graph check of each batch and the numeric check of the first
+batch of each shape, `ewc.fisher.coverage` and `ewc.fisher.verify`). With ``backpack-for-pytorch``
+and ``nngeometry`` installed, their diagonal Fishers are timed on the same models and data, and the
+relative L2 difference to our estimate of the same quantity is printed. The second part times a
+training step with the EWC penalty against one without it, for 1, 10 and 50 consolidated tasks,
+next to the seed's design of one penalty object per task.
 
-The script runs under fixed glibc allocator settings (a 32 MiB mmap threshold, no trimming):
-with the defaults, glibc moves its mmap threshold as blocks come and go and returns memory to the
+The script runs under fixed glibc allocator settings (a 32 MiB mmap threshold, no trimming): with
+the defaults, glibc moves its mmap threshold as blocks come and go and returns memory to the
 system, and the page faults that follow made the same epoch take 1.2 s or 2.6 s depending on what
 ran before, which drowned every ratio. Both sides of each ratio run under the same settings;
 ``--system-malloc`` keeps the defaults.
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import ewc
+import ewc.fisher.estimator as fisher_driver
 from ewc._batches import Batch
 from ewc.data import load_embedded_mnist, read_images, read_labels
 from ewc.experiment.models import build_model
@@ -178,13 +181,17 @@ def nngeometry_estimators(
     return {"NNGeometry FIM PMatDiag": ("exact", run)}
 
 
-def peer_estimators(model: nn.Module, data: Batches) -> dict[str, tuple[str, Callable[[], Fisher]]]:
+def peer_estimators(
+    model: nn.Module, data: Batches, skip: bool = False
+) -> dict[str, tuple[str, Callable[[], Fisher]]]:
     """The installed peers' estimators, each on its own copy of the layers as a plain Sequential.
 
     Both libraries want an ``nn.Sequential`` (BackPACK writes ``module.output`` on every module);
     their results are keyed by parameter position and mapped back to our names by the caller.
     """
     peers = {}
+    if skip:
+        return peers
     for name, factory in (
         ("backpack-for-pytorch", backpack_estimators),
         ("nngeometry", nngeometry_estimators),
@@ -195,6 +202,44 @@ def peer_estimators(model: nn.Module, data: Batches) -> dict[str, tuple[str, Cal
         except ImportError:
             print(f"  ({name} not installed: skipped; see benchmarks/README.md)")
     return peers
+
+
+def check_share(model: nn.Module, data: Batches, kind: str, repeats: int) -> float:
+    """Time inside the coverage checks ÷ the estimator's whole time, over ``repeats`` runs."""
+    spent = [0.0]
+
+    def timed(fn: Callable) -> Callable:
+        def wrapper(*args: object, **kwargs: object) -> object:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - start
+
+        return wrapper
+
+    plan, check = fisher_driver.plan_batch, fisher_driver.check_plan
+    fisher_driver.plan_batch, fisher_driver.check_plan = timed(plan), timed(check)
+    try:
+        total = 0.0
+        for _ in range(repeats):
+            gen = torch.Generator().manual_seed(0)
+            total += seconds(lambda g=gen: ewc.diagonal_fisher(model, data, kind, generator=g))
+    finally:
+        fisher_driver.plan_batch, fisher_driver.check_plan = plan, check
+    return spent[0] / total
+
+
+def check_table(name: str, model: nn.Module, data: Batches) -> dict[str, float]:
+    """Only the checks' share of each per-sample kind's time (one run each, after a warm-up)."""
+    inputs = sum(len(x) for x, _ in data)
+    print(f"\n{name}, {inputs} inputs: time in the coverage checks ÷ the estimator's time")
+    ewc.diagonal_fisher(model, data[:1], "exact")
+    shares = {}
+    for kind in KINDS[:-1]:
+        shares[kind] = check_share(model, data, kind, repeats=1)
+        print(f"  ewc {kind:10s} checks {100 * shares[kind]:5.2f}%")
+    return {"check_share": shares}
 
 
 def row(label: str, ratio: float, base: float, note: str = "") -> None:
@@ -210,7 +255,9 @@ def agreement(theirs: Fisher, ours: Fisher) -> str:
     return f"rel. L2 difference {relative_l2(theirs, ours):.1e}"
 
 
-def fisher_table(name: str, model: nn.Module, data: Batches, repeats: int) -> dict:
+def fisher_table(
+    name: str, model: nn.Module, data: Batches, repeats: int, skip_peers: bool = False
+) -> dict:
     """Time every kind, the seed loop and the peers on one model; print and return the figures."""
     timer = Timer(lambda: forward_backward_epoch(model, data), repeats)
     base = timer.reference_seconds
@@ -220,23 +267,26 @@ def fisher_table(name: str, model: nn.Module, data: Batches, repeats: int) -> di
     print(f"  {'estimator':30s} {'÷ fwd+bwd':>10s} {'time':>9s}")
     row("seed loop (batch 1, argmax)", seed_seconds / base, base)
     ours: dict[str, tuple[float, Fisher]] = {}
+    checks: dict[str, float] = {}
     for kind in KINDS:
         gen = torch.Generator().manual_seed(0)
         ratio = timer.ratio(
             lambda kind=kind, gen=gen: ewc.diagonal_fisher(model, data, kind, generator=gen)
         )
         ours[kind] = (ratio, dict(ewc.diagonal_fisher(model, data, kind, generator=gen)))
+        checks[kind] = check_share(model, data, kind, repeats)
         row(
             f"ewc {kind}",
             ratio,
             base,
-            f"speed-up over the seed loop {seed_seconds / (ratio * base):.1f}x",
+            f"speed-up over the seed loop {seed_seconds / (ratio * base):.1f}x; "
+            f"checks {100 * checks[kind]:.1f}% of it",
         )
     seed_values = seed_argmax_loop(model, data)
     print(f"  ewc argmax vs the seed loop: {agreement(seed_values, ours['argmax'][1])}")
     names = [n for n, _ in model.named_parameters()]
-    peers = {}
-    for label, (kind, estimator) in peer_estimators(model, data).items():
+    peers, skip = {}, skip_peers
+    for label, (kind, estimator) in peer_estimators(model, data, skip).items():
         peers[label] = ratio = timer.ratio(estimator)
         note = f"speed-up of ewc {kind} over it {ratio / ours[kind][0]:.1f}x"
         if kind != "sample":
@@ -249,6 +299,7 @@ def fisher_table(name: str, model: nn.Module, data: Batches, repeats: int) -> di
         "forward_backward_s": base,
         "seed_loop": seed_seconds / base,
         "kinds": kinds,
+        "check_share": checks,
         "peers": peers,
     }
 
@@ -324,6 +375,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--models", default="mlp,cnn", help="comma-separated models (mlp, cnn)")
     parser.add_argument("--no-penalty", action="store_true", help="skip the penalty step costs")
+    parser.add_argument("--no-peers", action="store_true", help="skip BackPACK and NNGeometry")
+    parser.add_argument(
+        "--checks-only", action="store_true", help="only the coverage checks' share of each kind"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -333,7 +388,12 @@ def main() -> None:
     for name in args.models.split(","):
         model = build_model(name, num_outputs=10, seed=0)
         train_briefly(model, batches(x, y, 128))
-        figures[name] = fisher_table(name.upper(), model, batches(x, y, 256), args.repeats)
+        if args.checks_only:
+            figures[name] = check_table(name.upper(), model, batches(x, y, 256))
+            continue
+        figures[name] = fisher_table(
+            name.upper(), model, batches(x, y, 256), args.repeats, args.no_peers
+        )
     if not args.no_penalty:
         print(
             "\nA training step with the penalty ÷ one without (MLP 784-400-400-10, batch 128, SGD):"

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -245,7 +246,226 @@ def reused(n: int = 5) -> Case:
     return Case("reused", ReusedModel(), torch.randn(n, 5), _labels(n, 3))
 
 
-ALL = [
+class FunctionallyTied(nn.Module):
+    """The usual language-model tying: the output projection reads the embedding matrix itself."""
+
+    def __init__(self, vocab: int = 7, dim: int = 5):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.mix = nn.Linear(dim, dim)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = torch.tanh(self.mix(self.embed(ids).mean(dim=1)))
+        return h @ self.embed.weight.T
+
+
+class RootParameter(nn.Module):
+    """A learned positional embedding held as a bare nn.Parameter of the root module."""
+
+    def __init__(self, length: int = 4, dim: int = 5, classes: int = 3):
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(length, dim) * 0.5)
+        self.inp = nn.Linear(3, dim)
+        self.out = nn.Linear(dim, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(torch.tanh(self.inp(x) + self.pos).mean(dim=1))
+
+
+class FusedBlock(nn.Module):
+    """Owns nothing, and uses its children's weights without calling them (like a fused fast
+    path): no hook of the children fires."""
+
+    def __init__(self, dim: int = 6):
+        super().__init__()
+        self.lin = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.linear(x, self.lin.weight, self.lin.bias)
+        return F.layer_norm(torch.tanh(h), (x.shape[-1],), self.norm.weight, self.norm.bias)
+
+
+class FusedModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(4, 6)
+        self.block = FusedBlock(6)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.block(self.inp(x)))
+
+
+class FuncInside(nn.Module):
+    """A parameter used inside a torch.func call in the forward of a module without a rule."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        params = {"weight": self.inner.weight * 1.5, "bias": self.inner.bias}
+        h = torch.func.functional_call(self.inner, params, (x,))
+        return self.out(torch.tanh(h))
+
+
+class Encoder(nn.Module):
+    """A transformer encoder classifier over token ids, with a padding mask (id 0 is padding)."""
+
+    def __init__(self, vocab: int = 9, dim: int = 8, classes: int = 3, norm_first: bool = False):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim, padding_idx=0)
+        self.layer = nn.TransformerEncoderLayer(
+            dim, 2, 12, dropout=0.1, batch_first=True, norm_first=norm_first
+        )
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        pad = ids == 0
+        h = self.layer(self.embed(ids), src_key_padding_mask=pad)
+        keep = (~pad).unsqueeze(-1).to(h.dtype)
+        return self.head((h * keep).sum(1) / keep.sum(1))
+
+
+class Decoder(nn.Module):
+    """A transformer decoder layer over a memory from its own input, with a causal mask."""
+
+    def __init__(self, dim: int = 8, classes: int = 3):
+        super().__init__()
+        self.inp = nn.Linear(3, dim)
+        self.layer = nn.TransformerDecoderLayer(dim, 2, 12, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        causal = nn.Transformer.generate_square_subsequent_mask(x.shape[1], dtype=h.dtype)
+        return self.head(self.layer(h, torch.tanh(h), tgt_mask=causal)[:, -1])
+
+
+class Attention(nn.Module):
+    """nn.MultiheadAttention alone, with bias_k/bias_v and a key padding mask."""
+
+    def __init__(self, dim: int = 6, classes: int = 3):
+        super().__init__()
+        self.inp = nn.Linear(2, dim)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True, add_bias_kv=True)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        pad = x[..., 0] > 1.0
+        out, _ = self.attn(h, h, h, key_padding_mask=pad)
+        return self.head(out.mean(1))
+
+
+@dataclass
+class LMOutput:
+    logits: Tensor
+    hidden: Tensor
+
+
+class TinyLM(nn.Module):
+    """A decoder-only language model: token embedding tied functionally to the output, a learned
+    positional embedding as a bare root parameter, a causal encoder layer, RMSNorm; it returns a
+    dataclass (``output_fn`` reads ``.logits``), one row of vocabulary logits per token."""
+
+    def __init__(self, vocab: int = 3, dim: int = 6, length: int = 3):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.randn(length, dim) * 0.3)
+        self.block = nn.TransformerEncoderLayer(
+            dim, 2, 10, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.norm = nn.RMSNorm(dim)
+
+    def forward(self, ids: Tensor) -> LMOutput:
+        t = ids.shape[1]
+        h = self.embed(ids) + self.pos[:t]
+        causal = nn.Transformer.generate_square_subsequent_mask(t, dtype=h.dtype)
+        h = self.norm(self.block(h, src_mask=causal, is_causal=True))
+        return LMOutput(logits=h @ self.embed.weight.T, hidden=h)
+
+
+class TokenTagger(nn.Module):
+    """Per-token logits of a small sequence model, returned in a dict."""
+
+    def __init__(self, vocab: int = 6, dim: int = 5, classes: int = 3):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim, padding_idx=0)
+        self.norm = nn.LayerNorm(dim)
+        self.mix = nn.Conv1d(dim, dim, 3, padding=1)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, ids: Tensor) -> dict[str, Tensor]:
+        h = self.norm(self.embed(ids))
+        h = torch.tanh(self.mix(h.transpose(1, 2)).transpose(1, 2))
+        return {"logits": self.head(h), "ids": ids}
+
+
+def functional_tying(n: int = 5) -> Case:
+    return Case("functional_tying", FunctionallyTied(), torch.randint(0, 7, (n, 3)), _labels(n, 7))
+
+
+def root_parameter(n: int = 5) -> Case:
+    return Case("root_parameter", RootParameter(), torch.randn(n, 4, 3), _labels(n, 3))
+
+
+def fused(n: int = 5) -> Case:
+    model = FusedModel()
+    _randomize_norm_statistics(model)
+    return Case("fused", model, torch.randn(n, 4), _labels(n, 3))
+
+
+def func_inside(n: int = 5) -> Case:
+    return Case("func_inside", FuncInside(), torch.randn(n, 4), _labels(n, 3))
+
+
+def _padded_ids(n: int, length: int, vocab: int) -> Tensor:
+    ids = torch.randint(1, vocab, (n, length))
+    for row in range(n):
+        ids[row, length - row % length :] = 0  # from 0 to length − 1 padding tokens
+    return ids
+
+
+def encoder(n: int = 5) -> Case:
+    return Case("encoder", Encoder(), _padded_ids(n, 5, 9), _labels(n, 3))
+
+
+def encoder_norm_first(n: int = 5) -> Case:
+    return Case("encoder_norm_first", Encoder(norm_first=True), _padded_ids(n, 4, 9), _labels(n, 3))
+
+
+def decoder(n: int = 5) -> Case:
+    return Case("decoder", Decoder(), torch.randn(n, 4, 3), _labels(n, 3))
+
+
+def attention(n: int = 5) -> Case:
+    x = torch.randn(n, 5, 2)
+    x[:, 0, 0] = 0.0  # at least one key is never masked
+    return Case("attention", Attention(), x, _labels(n, 3))
+
+
+def _token_targets(ids: Tensor, classes: int, pad: Tensor) -> Tensor:
+    return torch.randint(0, classes, ids.shape).masked_fill(pad, -100)
+
+
+def language_model(n: int = 4) -> Case:
+    ids = torch.randint(0, 3, (n, 3))
+    targets = torch.roll(ids, -1, dims=1)
+    targets[:, -1] = -100  # no next token
+    targets[1, 1:] = -100  # a shorter sequence
+    return Case("language_model", TinyLM(), ids, targets, output_fn=lambda out: out.logits)
+
+
+def tagger(n: int = 4) -> Case:
+    ids = _padded_ids(n, 3, 6)
+    targets = _token_targets(ids, 3, ids == 0)
+    return Case("tagger", TokenTagger(), ids, targets, output_fn=lambda out: out["logits"])
+
+
+CLASSIFIERS = [
     mlp,
     cnn,
     conv1d,
@@ -258,7 +478,19 @@ ALL = [
     tuple_output,
     tied,
     reused,
+    functional_tying,
+    root_parameter,
+    fused,
+    func_inside,
+    encoder,
+    encoder_norm_first,
+    decoder,
+    attention,
 ]
+
+SEQUENCES = [language_model, tagger]
+
+ALL = CLASSIFIERS + SEQUENCES
 
 
 def build(factory: Callable[[], Case], seed: int = 0) -> Case:

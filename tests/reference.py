@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
 
 import torch
@@ -43,19 +45,31 @@ def brute_force_fisher(
     *,
     output_fn: Callable | None = None,
     sampled: Tensor | None = None,
+    ignore_index: int = -100,
 ) -> dict[str, Tensor]:
-    """F_i = (1/N) Σ_n Σ_labels w (∂ log p(label|x_n)/∂θ_i)², one backward pass per (sample, label).
+    """F_i = (1/N) Σ_n Σ_labels w (∂ log p(labels|x_n)/∂θ_i)², one backward pass per labelling.
 
-    ``sampled`` (N, k) holds the labels drawn for kind="sample" (weight 1/k each).
+    A classifier's sample has one label; a sequence's (logits (1, T, C) per sample) has one per
+    token not marked ``ignore_index``, and log p(labels|x) = Σ_t log p_t(label_t). For ``exact``
+    every labelling is enumerated (C^T of them, weighted by Π_t p_t(label_t)): the definition of
+    the Fisher of the sequence, with no use of the cross terms' vanishing. ``sampled`` (N, k) or
+    (N, k, T) holds the labels drawn for kind="sample" (weight 1/k each).
     """
     model.eval()
     params = trainable(model)
     sums = {n: torch.zeros_like(p) for n, p in params.items()}
     for n in range(inputs.shape[0]):
         log_p = _logits(model, inputs[n : n + 1], output_fn)[0].log_softmax(-1)
-        for label, weight in _labels(kind, log_p.detach(), targets[n], sampled, n):
+        if log_p.dim() == 1:
+            log_p, target = log_p[None], targets[n : n + 1]
+            drawn = None if sampled is None else sampled[n][:, None]
+        else:
+            target, drawn = targets[n], None if sampled is None else sampled[n]
+        kept = [t for t in range(log_p.shape[0]) if int(target[t]) != ignore_index]
+        for labels, weight in _labelings(kind, log_p.detach(), target, drawn, kept):
+            objective = sum(log_p[t, c] for t, c in zip(kept, labels, strict=True))
             grads = torch.autograd.grad(
-                log_p[label], list(params.values()), retain_graph=True, allow_unused=True
+                objective, list(params.values()), retain_graph=True, allow_unused=True
             )
             for name, g in zip(params, grads, strict=True):
                 if g is not None:
@@ -63,29 +77,52 @@ def brute_force_fisher(
     return {name: s / inputs.shape[0] for name, s in sums.items()}
 
 
-def _labels(
-    kind: str, log_p: Tensor, target: Tensor, sampled: Tensor | None, n: int
-) -> list[tuple[int, float]]:
+def _labelings(
+    kind: str, log_p: Tensor, target: Tensor, drawn: Tensor | None, kept: list[int]
+) -> list[tuple[tuple[int, ...], float]]:
+    """(labels of the kept positions, weight) pairs of one sample."""
     if kind == "exact":
-        return [(c, float(log_p[c].exp())) for c in range(log_p.shape[0])]
+        classes = range(log_p.shape[1])
+        return [
+            (labels, math.prod(float(log_p[t, c].exp()) for t, c in zip(kept, labels, strict=True)))
+            for labels in itertools.product(classes, repeat=len(kept))
+        ]
     if kind == "empirical":
-        return [(int(target), 1.0)]
+        return [(tuple(int(target[t]) for t in kept), 1.0)]
     if kind == "argmax":
-        return [(int(log_p.argmax()), 1.0)]
+        return [(tuple(int(log_p[t].argmax()) for t in kept), 1.0)]
     if kind == "sample":
-        return [(int(c), 1.0 / sampled.shape[1]) for c in sampled[n]]
+        return [(tuple(int(row[t]) for t in kept), 1.0 / drawn.shape[0]) for row in drawn]
     raise ValueError(kind)
+
+
+def sequence_draws(p: Tensor, k: int, seed: int) -> Tensor:
+    """The labels `diagonal_fisher` draws for kind="sample" from (N, T, C) probabilities."""
+    flat = torch.multinomial(
+        p.reshape(-1, p.shape[-1]),
+        k,
+        replacement=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return flat.reshape(*p.shape[:2], k).transpose(1, 2)
 
 
 def brute_force_batched(
     model: nn.Module, batches: list[tuple[Tensor, Tensor]], output_fn=None
 ) -> dict[str, Tensor]:
-    """F_i = (1/M) Σ_batches (∂ mean_batch log p(y|x)/∂θ_i)²."""
+    """F_i = (1/M) Σ_batches (∂ mean_batch log p(y|x)/∂θ_i)², log p(y|x) summed over tokens."""
     model.eval()
     params = trainable(model)
     sums = {n: torch.zeros_like(p) for n, p in params.items()}
     for x, y in batches:
-        loss = F.cross_entropy(_logits(model, x, output_fn), y)
+        logits = _logits(model, x, output_fn)
+        per_sample = [
+            -F.cross_entropy(
+                logits[i].reshape(-1, logits.shape[-1]), y[i].reshape(-1), reduction="sum"
+            )
+            for i in range(len(x))
+        ]
+        loss = -sum(per_sample) / len(x)
         grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
         for name, g in zip(params, grads, strict=True):
             if g is not None:

@@ -131,3 +131,51 @@ def test_a_diverging_penalty_is_reported_with_its_value():
 def test_evaluate_rejects_empty_data():
     with pytest.raises(ValueError, match="yielded no samples"):
         ewc.evaluate(linear_model(), [])
+
+
+class Tagger(nn.Module):
+    """Per-token logits (N, T, 3) from token ids."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(5, 3)
+
+    def forward(self, ids):
+        return self.embed(ids)
+
+
+def tagged(n=32, length=6, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 5, (n, length), generator=gen)
+    targets = (ids % 3).masked_fill(torch.arange(length) >= length - 2, -100)  # 2 padded tokens
+    return [(ids[i : i + 8], targets[i : i + 8]) for i in range(0, n, 8)]
+
+
+def test_sequence_logits_train_with_the_token_level_cross_entropy():
+    torch.manual_seed(0)
+    model, data = Tagger(), tagged()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    first = ewc.train_epoch(model, data, opt)
+    for _ in range(20):
+        last = ewc.train_epoch(model, data, opt)
+    assert last < first
+    assert ewc.evaluate(model, data) == 1.0  # the padded tokens, labelled -100, are not counted
+
+
+def test_the_default_loss_is_the_mean_over_counted_tokens():
+    logits, targets = torch.randn(2, 4, 3), torch.tensor([[0, 1, -100, -100], [2, 2, 1, -100]])
+    kept = targets != -100
+    by_hand = F.cross_entropy(logits[kept], targets[kept])
+    assert torch.allclose(ewc.training.cross_entropy(logits, targets), by_hand)
+    flat = torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1])
+    assert torch.equal(ewc.training.cross_entropy(*flat), F.cross_entropy(*flat))
+
+
+def test_token_accuracy_leaves_out_the_ignored_tokens():
+    logits = torch.tensor([[[5.0, 0, 0], [5.0, 0, 0], [5.0, 0, 0]]])  # always predicts 0
+    model = nn.Identity()
+    model.register_parameter("p", nn.Parameter(torch.zeros(1)))
+    targets = torch.tensor([[0, 1, -100]])
+    assert ewc.evaluate(model, [(logits, targets)]) == 0.5
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\) or -100 \(ignored\); got 7"):
+        ewc.evaluate(model, [(logits, torch.tensor([[0, 7, -100]]))])

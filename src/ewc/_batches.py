@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -76,36 +77,95 @@ def model_logits(
     return check_logits(output_fn(output) if output_fn is not None else output, batch)
 
 
+#: The target value that marks a token to leave out (padding), as in `F.cross_entropy`.
+IGNORE_INDEX = -100
+
+
 def check_logits(logits: Any, batch: Batch) -> Tensor:
-    """Return ``logits`` if it is an (N, C) floating tensor for this batch with C ≥ 2."""
+    """Return ``logits`` if it is a floating tensor for this batch with C ≥ 2 classes: (N, C) for a
+    classifier, or (N, T, C) for a sequence model (one row of T token logits per sample)."""
     if not isinstance(logits, Tensor):
         raise TypeError(
             f"batch {batch.index}: the model (after output_fn) must return a logits tensor; "
             f"got {type(logits).__name__}"
         )
-    if logits.dim() != 2 or logits.shape[0] != batch.size or not logits.is_floating_point():
+    shape_ok = logits.dim() in (2, 3) and logits.shape[0] == batch.size
+    if not shape_ok or not logits.is_floating_point():
         raise ValueError(
-            f"batch {batch.index}: expected floating logits of shape ({batch.size}, classes); "
-            f"got {logits.dtype} {tuple(logits.shape)} (use output_fn to select a head)"
+            f"batch {batch.index}: expected floating logits of shape ({batch.size}, classes) or "
+            f"({batch.size}, tokens, classes); got {logits.dtype} {tuple(logits.shape)} "
+            "(use output_fn to select a head)"
         )
-    if logits.shape[1] < 2:
+    if logits.shape[-1] < 2:
         raise ValueError(
-            f"batch {batch.index}: logits have {logits.shape[1]} class; a softmax over one class "
+            f"batch {batch.index}: logits have {logits.shape[-1]} class; a softmax over one class "
             "is constant, so a classifier needs at least 2 logits"
         )
     return logits
 
 
+def check_targets(
+    logits: Tensor, targets: Tensor, batch: Batch, ignore_index: int = IGNORE_INDEX
+) -> Tensor | None:
+    """Check the labels against the logits; for a sequence, return the mask of counted tokens.
+
+    (N, C) logits need N labels in [0, C) (returns None); (N, T, C) logits need (N, T) labels,
+    each in [0, C) or equal to ``ignore_index`` (a padding token, left out; returns the (N, T)
+    boolean mask of the other tokens).
+    """
+    if logits.dim() == 2:
+        check_class_targets(targets, logits.shape[1], batch)
+        return None
+    _check_integer(targets, batch)
+    if targets.shape != logits.shape[:2]:
+        raise ValueError(
+            f"batch {batch.index}: logits {tuple(logits.shape)} need labels of shape "
+            f"{tuple(logits.shape[:2])}, one per token; got {tuple(targets.shape)}"
+        )
+    mask = targets != ignore_index
+    _check_range(targets[mask], logits.shape[-1], batch, f" or {ignore_index} (ignored)")
+    return mask
+
+
 def check_class_targets(targets: Tensor, num_classes: int, batch: Batch) -> None:
     """Raise unless ``targets`` are integer class labels in [0, num_classes), one per sample."""
-    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-        raise TypeError(f"batch {batch.index}: labels must be integers; got {targets.dtype}")
+    _check_integer(targets, batch)
     if targets.shape != (batch.size,):
         raise ValueError(
             f"batch {batch.index}: expected {batch.size} labels of shape ({batch.size},); "
             f"got shape {tuple(targets.shape)}"
         )
-    low, high = int(targets.min()), int(targets.max())
+    _check_range(targets, num_classes, batch)
+
+
+def _check_integer(targets: Tensor, batch: Batch) -> None:
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(f"batch {batch.index}: labels must be integers; got {targets.dtype}")
+
+
+def _check_range(labels: Tensor, num_classes: int, batch: Batch, extra: str = "") -> None:
+    if labels.numel() == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= num_classes:
         bad = low if low < 0 else high
-        raise ValueError(f"batch {batch.index}: labels must be in [0, {num_classes}); got {bad}")
+        raise ValueError(
+            f"batch {batch.index}: labels must be in [0, {num_classes}){extra}; got {bad}"
+        )
+
+
+def sequence_log_likelihood_loss(
+    logits: Tensor, targets: Tensor, ignore_index: int = IGNORE_INDEX
+) -> Tensor:
+    """−(1/N) Σ_n log p(y_n | x_n): the mean over samples of their negative log-likelihood.
+
+    For (N, C) logits this is the usual cross-entropy; for (N, T, C) logits a sample is a sequence
+    and log p(y_n | x_n) = Σ_t log p(y_nt | x_n, y_n,<t) over its tokens not equal to
+    ``ignore_index``, so the mean is over sequences, not tokens.
+    """
+    if logits.dim() == 2:
+        return F.cross_entropy(logits, targets)
+    flat = F.cross_entropy(
+        logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index, reduction="sum"
+    )
+    return flat / logits.shape[0]

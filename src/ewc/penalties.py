@@ -22,6 +22,10 @@ EWC also takes a K-FAC Fisher (`ewc.kfac_fisher`, Ritter et al. 2018): its Linea
 layers then contribute (λ/2) vec(θ − θ*)ᵀ (G ⊗ A) vec(θ − θ*) per layer instead of a diagonal
 term (the tasks' Kronecker terms are kept apart, see `ewc._kronecker_terms`), and the remaining
 parameters keep the diagonal of the same kind.
+
+Ω and θ̄ live on each parameter's device, in its dtype, or in float32 for a float16 or bfloat16
+parameter: a Fisher's small entries would round to zero in half precision, and the gradient is
+cast to the parameter's dtype only when it is added to ``.grad``.
 """
 
 from __future__ import annotations
@@ -156,7 +160,7 @@ class QuadraticPenalty:
         value, gradients = self._value_and_gradient(params)
         for param, gradient in zip(params, gradients, strict=True):
             if param.grad is None:
-                param.grad = gradient
+                param.grad = gradient.to(param.dtype)
             else:
                 param.grad.add_(gradient)
         return value
@@ -192,7 +196,7 @@ class QuadraticPenalty:
                 f"this penalty holds {self.fisher_kind!r} Fishers and a {kind!r} Fisher is a "
                 "different quantity (λ differs by orders of magnitude); use one kind per penalty"
             )
-        anchors = {name: p.detach().clone() for name, p in params.items()}
+        anchors = {name: p.detach().to(_state_dtype(p), copy=True) for name, p in params.items()}
         if not self._params or self.mode is PenaltyMode.ONLINE:
             self._replace_or_decay(fisher, anchors)
         else:
@@ -218,7 +222,8 @@ class QuadraticPenalty:
             omega, mean, new = self._importance[name], self._anchor[name], anchors[name]
             total = omega + f
             safe = torch.where(total > 0, total, torch.ones_like(total))
-            self._constant += (omega * f / safe * (mean - new).square()).sum().to(torch.float64)
+            extra = (omega * f / safe * (mean - new).square()).sum()
+            self._constant += extra.to(device=self._constant.device, dtype=torch.float64)
             self._anchor[name] = torch.where(total > 0, mean + f / safe * (new - mean), new)
             self._importance[name] = total
 
@@ -355,7 +360,7 @@ def _checked_gamma(gamma: float, mode: PenaltyMode) -> float:
 def _checked_tensors(
     values: Mapping[str, Tensor], params: dict[str, nn.Parameter], what: str
 ) -> dict[str, Tensor]:
-    """The tensors of ``values``, cast to each parameter's dtype and device, checked to fit."""
+    """``values`` on each parameter's device, in its `_state_dtype`, checked to fit."""
     missing, unexpected = sorted(set(params) - set(values)), sorted(set(values) - set(params))
     if missing or unexpected:
         raise ValueError(
@@ -370,8 +375,13 @@ def _checked_tensors(
             raise ValueError(
                 f"{what} entry {name!r} has shape {shape}; the parameter has {tuple(param.shape)}"
             )
-        checked[name] = value.detach().to(dtype=param.dtype, device=param.device)
+        checked[name] = value.detach().to(dtype=_state_dtype(param), device=param.device)
     return checked
+
+
+def _state_dtype(param: Tensor) -> torch.dtype:
+    """The dtype Ω and θ̄ are kept in: the parameter's, and at least float32."""
+    return torch.promote_types(param.dtype, torch.float32)
 
 
 def _checked_importance(

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ewc._batches import Batch, check_class_targets, iterate_batches, model_logits
+from ewc._batches import IGNORE_INDEX, Batch, check_targets, iterate_batches, model_logits
 from ewc._modes import evaluation_mode
 
 OutputFn = Callable[[Any], Tensor]
@@ -32,13 +32,25 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the message names the batch and its parts."""
 
 
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """The default task loss: the mean cross-entropy over samples, or over tokens for sequences.
+
+    (N, C) logits with N labels: `F.cross_entropy`. (N, T, C) logits with (N, T) labels: the
+    token-level cross-entropy of language models, averaged over the tokens whose label is not
+    -100 (padding), i.e. `F.cross_entropy` over the N·T rows with ``ignore_index=-100``.
+    """
+    if logits.dim() == 3:
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits, targets)
+
+
 def train_epoch(
     model: nn.Module,
     loader: Iterable[Any],
     optimizer: torch.optim.Optimizer,
     *,
     penalty: Callable[[], Tensor] | None = None,
-    loss_fn: LossFn = F.cross_entropy,
+    loss_fn: LossFn = cross_entropy,
     output_fn: OutputFn | None = None,
 ) -> float:
     """One pass over ``loader`` minimising ``loss_fn(logits, targets) + penalty()``.
@@ -48,7 +60,8 @@ def train_epoch(
         loader: an iterable of ``(inputs, targets)`` batches; moved to the model's device.
         optimizer: any torch optimizer over the model's parameters.
         penalty: e.g. an `ewc.EWC` or `ewc.L2`; called once per step (None: plain training).
-        loss_fn: the task loss; with the default cross-entropy, labels are checked to be in range.
+        loss_fn: the task loss; the default `cross_entropy` also takes (N, T, C) sequence logits
+            with (N, T) labels (-100 = padding); with it, labels are checked to be in range.
         output_fn: maps the model output to logits (e.g. a task's head); default: identity.
 
     Returns:
@@ -76,7 +89,7 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     *,
     penalty: Callable[[], Tensor] | None = None,
-    loss_fn: LossFn = F.cross_entropy,
+    loss_fn: LossFn = cross_entropy,
     output_fn: OutputFn | None = None,
 ) -> StepLoss:
     """One optimizer step on one batch (already on the model's device).
@@ -87,8 +100,8 @@ def train_step(
     is finite; otherwise `NonFiniteLossError` names the batch.
     """
     logits = model_logits(model, batch, output_fn)
-    if loss_fn is F.cross_entropy:
-        check_class_targets(batch.targets, logits.shape[1], batch)
+    if loss_fn is cross_entropy or loss_fn is F.cross_entropy:
+        check_targets(logits, batch.targets, batch)
     task_loss = loss_fn(logits, batch.targets)
     optimizer.zero_grad(set_to_none=True)
     if penalty is not None and hasattr(penalty, "add_gradient_"):
@@ -111,19 +124,22 @@ def evaluate(
 ) -> float:
     """Top-1 accuracy of ``model`` on ``loader`` in eval mode (the previous modes are restored).
 
+    For (N, T, C) sequence logits the accuracy is over tokens, those labelled -100 left out.
+
     Returns:
-        The fraction of correctly classified samples, in [0, 1].
+        The fraction of correctly classified samples (or tokens), in [0, 1].
     """
     device = _device(model)
     correct = seen = 0
     with evaluation_mode(model):
         for batch in iterate_batches(loader, device=device):
             logits = model_logits(model, batch, output_fn)
-            check_class_targets(batch.targets, logits.shape[1], batch)
-            correct += int((logits.argmax(dim=1) == batch.targets).sum())
-            seen += batch.size
+            mask = check_targets(logits, batch.targets, batch)
+            hits = logits.argmax(dim=-1) == batch.targets
+            correct += int(hits.sum() if mask is None else (hits & mask).sum())
+            seen += batch.size if mask is None else int(mask.sum())
     if seen == 0:
-        raise ValueError("cannot evaluate on data that yielded no samples")
+        raise ValueError("cannot evaluate on data that yielded no samples (or only padding)")
     return correct / seen
 
 

@@ -13,6 +13,7 @@ from reference import (
     brute_force_fisher,
     dense_exact_fisher_diagonal,
     in_batches,
+    sequence_draws,
 )
 
 
@@ -45,7 +46,11 @@ def test_sample_kind_matches_brute_force_on_the_same_draws(factory):
         case.model.eval()
         out = case.model(case.inputs)
         p = (case.output_fn(out) if case.output_fn else out).softmax(-1)
-    drawn = torch.multinomial(p, k, replacement=True, generator=torch.Generator().manual_seed(7))
+    if p.dim() == 3:
+        drawn = sequence_draws(p, k, seed=7)
+    else:
+        gen = torch.Generator().manual_seed(7)
+        drawn = torch.multinomial(p, k, replacement=True, generator=gen)
     reference = brute_force_fisher(
         case.model, case.inputs, case.targets, "sample", output_fn=case.output_fn, sampled=drawn
     )

@@ -153,9 +153,10 @@ def test_rejects_bad_models_and_data():
 def test_rejects_logits_of_the_wrong_shape():
     case = build(mlp)
     with pytest.raises(
-        ValueError, match=r"batch 0: expected floating logits of shape \(3, classes\)"
+        ValueError,
+        match=r"batch 0: expected floating logits of shape \(3, classes\) or \(3, tokens, cl",
     ):
-        ewc.diagonal_fisher(case.model, in_batches(case, 3), output_fn=lambda z: z[:, None])
+        ewc.diagonal_fisher(case.model, in_batches(case, 3), output_fn=lambda z: z[:, None, None])
     with pytest.raises(ValueError, match="at least 2 logits"):
         ewc.diagonal_fisher(case.model, in_batches(case, 3), output_fn=lambda z: z[:, :1])
     with pytest.raises(TypeError, match="must return a logits tensor; got list"):

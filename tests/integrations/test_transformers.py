@@ -174,12 +174,10 @@ def test_a_sequence_classifier_updates_as_a_hand_written_loop(tmp_path):
     check_two_tasks(bert_classifier, "class", False, tmp_path)
 
 
-@pytest.mark.xfail(strict=False, reason="needs sequence Fisher")
 def test_a_causal_lm_updates_as_a_hand_written_loop(tmp_path):
     check_two_tasks(gpt2, "tokens", True, tmp_path)
 
 
-@pytest.mark.xfail(strict=False, reason="needs sequence Fisher")
 def test_a_masked_lm_updates_as_a_hand_written_loop(tmp_path):
     check_two_tasks(bert_masked_lm, "masked", False, tmp_path)
 

@@ -37,6 +37,10 @@ class ModuleCall:
             all samples, whatever their first dimension.
         cache: scratch space for rules, to reuse work across the output-gradient vectors of a
             batch (e.g. input windows of a convolution); it lives as long as the call record.
+        boundary: the autograd nodes of the tensor arguments that carry a gradient: where the
+            call's own part of the graph ends (see `ewc.fisher.coverage`).
+        own: local name → id of the tensor the module held as that parameter during the call
+            (under `torch.func.functional_call` it is not the registered parameter).
     """
 
     module: nn.Module
@@ -49,11 +53,23 @@ class ModuleCall:
     versions: list[int] = field(default_factory=list)
     static_storage: frozenset[int] = frozenset()
     cache: dict[Any, Any] = field(default_factory=dict)
+    boundary: tuple[Any, ...] = ()
+    own: dict[str, int] = field(default_factory=dict)
 
     @property
     def input(self) -> Tensor:
         """The first positional argument: the input of every layer with a closed-form rule."""
         return self.args[0]
+
+    def tensor_arguments(self) -> list[Tensor]:
+        """The tensors among the positional and keyword arguments, nested ones included."""
+        values, _ = tree_flatten((self.args, self.kwargs))
+        return [v for v in values if isinstance(v, Tensor)]
+
+    def has_batched_input(self, batch_size: int) -> bool:
+        """Whether any argument holds one row per sample (else the call is the same for all)."""
+        values, _ = tree_flatten((self.args, self.kwargs))
+        return any(self.is_batched(value, batch_size) for value in values)
 
     def is_batched(self, value: Any, batch_size: int) -> bool:
         """Whether an argument holds one row per sample: a tensor with the batch as its first
@@ -134,8 +150,22 @@ class CallRecorder:
             return
         versions = [a._version for a in args if isinstance(a, Tensor)]
         name = self._names[id(module)]
+        inputs, _ = tree_flatten((args, kwargs))
+        boundary = tuple(
+            get_gradient_edge(t).node for t in inputs if isinstance(t, Tensor) and t.requires_grad
+        )
         self.calls.append(
             ModuleCall(
-                module, name, args, kwargs, index, edges, shapes, versions, self._static_storage
+                module,
+                name,
+                args,
+                kwargs,
+                index,
+                edges,
+                shapes,
+                versions,
+                self._static_storage,
+                boundary=boundary,
+                own={k: id(t) for k, t in module._parameters.items() if t is not None},
             )
         )

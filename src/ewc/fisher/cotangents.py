@@ -9,6 +9,8 @@ With logits z and probabilities p = softmax(z), the score of class c with respec
 - sample:    v_j = (e_ŷj − p) / √k  for k labels ŷ_j drawn from p;
 - empirical: v = e_y − p  with the dataset label y;
 - argmax:    v = e_ŷ − p  with ŷ = argmax p.
+
+For sequence outputs (N, T, C) the sample is the sequence; see `score_vectors`.
 """
 
 from __future__ import annotations
@@ -26,23 +28,92 @@ def score_vectors(
     kind: FisherKind,
     *,
     targets: Tensor | None = None,
+    mask: Tensor | None = None,
     samples_per_input: int = 1,
     generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Iterator[Tensor]:
-    """Yield the (N, C) vectors v for ``kind``; Σ_v Σ_n (Jₙᵀ vₙ)² is N times the Fisher."""
-    p = torch.softmax(logits.detach(), dim=-1)
-    if kind is FisherKind.EXACT:
+    """Yield the vectors v, shaped like ``logits``; Σ_v Σ_n (Jₙᵀ vₙ)² is N times the Fisher.
+
+    (N, C) logits: one row per sample, as in the module docstring. (N, T, C) logits: a sample is a
+    sequence, and its log-likelihood Σ_t log p(y_t | x, y_<t) sums over the tokens that ``mask``
+    keeps, so a label-based vector holds the score e_{y_t} − p_t of every kept token at once
+    (one backward pass gives each sequence's gradient Σ_t J_tᵀ(e_{y_t} − p_t)). For ``exact`` the
+    tokens' cross terms must not enter, so each (token, j) gets its own vector: T (C − 1) of them
+    (see `sequence_exact_vectors`). Probabilities are computed in ``dtype`` (default: the logits').
+    """
+    p = torch.softmax(logits.detach().to(dtype or logits.dtype), dim=-1)
+    if logits.dim() == 3:
+        yield from _sequence_vectors(p, kind, targets, mask, samples_per_input, generator)
+    elif kind is FisherKind.EXACT:
         yield from exact_vectors(p)
-    elif kind is FisherKind.SAMPLE:
-        draws = torch.multinomial(p, samples_per_input, replacement=True, generator=generator)
+    else:
+        for labels, weight in _labels(p, kind, targets, samples_per_input, generator):
+            yield score(p, labels) * weight
+
+
+def _labels(
+    p: Tensor,
+    kind: FisherKind,
+    targets: Tensor | None,
+    samples_per_input: int,
+    generator: torch.Generator | None,
+) -> Iterator[tuple[Tensor, float]]:
+    """(labels, weight) pairs for the label-based kinds, rows of ``p`` being (…, C)."""
+    if kind is FisherKind.SAMPLE:
+        draws = _draw(p.reshape(-1, p.shape[-1]), samples_per_input, generator)
         for j in range(samples_per_input):
-            yield score(p, draws[:, j]) / samples_per_input**0.5
+            yield draws[:, j].reshape(p.shape[:-1]), samples_per_input**-0.5
     elif kind is FisherKind.EMPIRICAL:
-        yield score(p, targets)
+        yield targets, 1.0
     elif kind is FisherKind.ARGMAX:
-        yield score(p, p.argmax(dim=-1))
+        yield p.argmax(dim=-1), 1.0
     else:
         raise ValueError(f"{kind.value!r} is not a per-sample Fisher kind")
+
+
+def _draw(p: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
+    """k labels per row drawn from p; on the generator's device, then moved to p's."""
+    if generator is not None and generator.device != p.device:
+        return torch.multinomial(p.to(generator.device), k, True, generator=generator).to(p.device)
+    return torch.multinomial(p, k, replacement=True, generator=generator)
+
+
+def _sequence_vectors(
+    p: Tensor,
+    kind: FisherKind,
+    targets: Tensor | None,
+    mask: Tensor,
+    samples_per_input: int,
+    generator: torch.Generator | None,
+) -> Iterator[Tensor]:
+    """The vectors for (N, T, C) probabilities, zero at the tokens ``mask`` leaves out."""
+    keep = mask.unsqueeze(-1).to(p.dtype)
+    if kind is FisherKind.EXACT:
+        yield from sequence_exact_vectors(p, mask)
+        return
+    flat = p.reshape(-1, p.shape[-1])
+    labels = None if targets is None else targets.masked_fill(~mask, 0)
+    for drawn, weight in _labels(p, kind, labels, samples_per_input, generator):
+        yield score(flat, drawn.reshape(-1)).view_as(p) * keep * weight
+
+
+def sequence_exact_vectors(p: Tensor, mask: Tensor) -> Iterator[Tensor]:
+    """T (C − 1) vectors whose squared back-propagations sum to the exact Fisher of sequences.
+
+    With the inputs fixed (teacher forcing), the tokens' labels are independent categoricals
+    y_t ~ p_t, so the sequence score Σ_t s_t has E[(Σ_t s_t)(Σ_u s_u)ᵀ] = Σ_t E[s_t s_tᵀ]: the cross
+    terms E[s_t] E[s_u]ᵀ vanish because each E[s_t] = 0. Its diagonal is Σ_t Σ_j (J_tᵀ b_tj)² with
+    the b_tj of `exact_vectors`: one vector per (token, j), zero on every other token.
+    """
+    for t in range(p.shape[1]):
+        kept = mask[:, t]
+        if not bool(kept.any()):
+            continue
+        for b in exact_vectors(p[:, t]):
+            vector = torch.zeros_like(p)
+            vector[:, t] = b * kept.unsqueeze(-1).to(p.dtype)
+            yield vector
 
 
 def exact_vectors(p: Tensor) -> Iterator[Tensor]:

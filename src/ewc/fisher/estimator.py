@@ -4,27 +4,70 @@ Per-sample kinds cost one forward pass and, per output-gradient vector (1, k or 
 `ewc.fisher.cotangents`), one backward pass that asks autograd only for the gradients at the
 outputs of parameter-owning modules. The rules turn those into Σ_n (per-sample gradient)² without
 materialising per-sample gradients where a closed form exists (`ewc.fisher.rules`).
+
+Before any of that, each batch's autograd graph decides which path accounts for each parameter
+(`ewc.fisher.coverage`: its rule, an ancestor's functional rule, or per-sample gradients of the
+whole model, `ewc.fisher.whole_model`), and the first batch of each shape proves the plan
+numerically (`ewc.fisher.verify`). Gradients are cast to at least float32 before they are squared.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ewc._batches import Batch, check_class_targets, iterate_batches, model_logits
+from ewc._batches import (
+    IGNORE_INDEX,
+    Batch,
+    check_targets,
+    iterate_batches,
+    model_logits,
+    sequence_log_likelihood_loss,
+)
 from ewc._modes import evaluation_mode
 from ewc.fisher.capture import CallRecorder, ModuleCall
 from ewc.fisher.cotangents import score_vectors
+from ewc.fisher.coverage import Plan, plan_batch
 from ewc.fisher.diagonal import DiagonalFisher
 from ewc.fisher.kinds import FisherKind
 from ewc.fisher.rules import rule_for
 from ewc.fisher.rules.base import PER_SAMPLE_BUDGET
+from ewc.fisher.verify import check_plan
+from ewc.fisher.whole_model import whole_model_sums
 
 OutputFn = Callable[[Any], Tensor]
+
+
+@dataclass(frozen=True)
+class Checks:
+    """Which proofs run: both by default. Only the benchmarks switch them off, to time them.
+
+    Attributes:
+        graph: inspect each batch's autograd graph and route uses the rules cannot see
+            (`ewc.fisher.coverage`); without it the rules are trusted, as before this check.
+        numeric: compare the rules' summed gradients with autograd's on the first batch
+            (`ewc.fisher.verify`).
+    """
+
+    graph: bool = True
+    numeric: bool = True
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """What every batch of one estimate shares."""
+
+    kind: FisherKind
+    output_fn: OutputFn | None
+    ignore_index: int
+    dtype: torch.dtype
+    checks: Checks
+    samples_per_input: int
+    generator: torch.Generator | None
 
 
 def diagonal_fisher(
@@ -35,49 +78,98 @@ def diagonal_fisher(
     num_samples: int | None = None,
     samples_per_input: int = 1,
     output_fn: OutputFn | None = None,
+    ignore_index: int = IGNORE_INDEX,
     generator: torch.Generator | None = None,
 ) -> DiagonalFisher:
-    """Estimate the diagonal Fisher information of a classifier's trainable parameters.
+    """Estimate the diagonal Fisher information of a classifier's or sequence model's parameters.
 
-    F_i is a mean over the N inputs of ``data`` (the formulas of each kind are in
+    F_i is a mean over the N samples of ``data`` (the formulas of each kind are in
     `ewc.fisher.kinds`); the result has one tensor per trainable parameter, keyed by its
     ``named_parameters()`` name. This is the F of EWC's penalty (λ/2) Σ_i F_i (θ_i − θ*_i)²
     (Kirkpatrick et al. 2017, Eq. 3).
 
+    A sample is one row of the logits: (N, C) logits are N classified inputs; (N, T, C) logits
+    are N sequences of T tokens, and the sample's log-likelihood is the sequence's,
+    log p(y|x) = Σ_t log p(y_t | x, y_<t) over the tokens whose label is not ``ignore_index``.
+
     The model runs in eval mode (dropout off, BatchNorm on running statistics; its previous modes
     are restored) and the samples must be independent of each other, as they are in eval mode.
-    No hook stays registered and no ``.grad`` is touched, also when an exception escapes.
+    Every use of every trainable parameter is accounted for: uses that no per-layer rule sees
+    (functional weight tying, parameters read outside their module's forward) are found on each
+    batch's autograd graph and take a per-sample ``torch.func`` path, and on the first batch the
+    rules' summed gradients are checked against autograd's (`ewc.fisher.coverage`,
+    `ewc.fisher.verify`). No hook stays registered and no ``.grad`` is touched, also when an
+    exception escapes. The result is on the model's device, in float32 for a float16 or
+    bfloat16 model (squares of half-precision gradients overflow and underflow) and in the
+    parameters' dtype otherwise.
 
     Args:
-        model: a classifier whose output (after ``output_fn``) is (N, C) logits or log-probs.
-        data: an iterable of ``(inputs, targets)`` batches, e.g. a DataLoader. Targets are only read
-            by ``empirical`` and ``batched``; inputs are moved to the model's device.
+        model: a classifier or sequence model whose output (after ``output_fn``) is (N, C) or
+            (N, T, C) logits (or log-probabilities).
+        data: an iterable of ``(inputs, targets)`` batches, e.g. a DataLoader. Targets are read by
+            ``empirical`` and ``batched``, and for sequences by every kind (for the padding);
+            inputs are moved to the model's device.
         kind: ``"exact"`` (default), ``"sample"``, ``"empirical"``, ``"argmax"`` or ``"batched"``.
-        num_samples: use at most this many inputs, the first ones in iteration order.
-        samples_per_input: labels drawn per input for ``kind="sample"`` (the k of its formula).
-        output_fn: maps the model output to logits, e.g. to select a task's head in a multi-head
-            model or to mask classes; default: the output is the logits.
+        num_samples: use at most this many samples, the first ones in iteration order.
+        samples_per_input: labels drawn per sample for ``kind="sample"`` (the k of its formula).
+        output_fn: maps the model output (a tensor, tuple, dict or dataclass) to the logits, e.g.
+            to select a task's head; default: the output is the logits.
+        ignore_index: the label of tokens to leave out of a sequence's log-likelihood.
         generator: the random generator for ``kind="sample"``, for reproducible estimates.
 
     Returns:
-        A `DiagonalFisher` with ``kind`` and ``num_samples`` (the number of inputs used).
+        A `DiagonalFisher` with ``kind`` and ``num_samples`` (the number of samples used).
     """
+    return estimate(
+        model,
+        data,
+        kind,
+        num_samples=num_samples,
+        samples_per_input=samples_per_input,
+        output_fn=output_fn,
+        ignore_index=ignore_index,
+        generator=generator,
+    )
+
+
+def estimate(
+    model: nn.Module,
+    data: Iterable[Any],
+    kind: FisherKind | str = "exact",
+    *,
+    num_samples: int | None = None,
+    samples_per_input: int = 1,
+    output_fn: OutputFn | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    generator: torch.Generator | None = None,
+    checks: Checks = Checks(),
+) -> DiagonalFisher:
+    """`diagonal_fisher` with the choice of ``checks`` (for measuring their cost)."""
     kind = FisherKind.parse(kind)
     _check_options(kind, num_samples, samples_per_input)
     params = _trainable_parameters(model)
     device = next(iter(params.values())).device
+    dtype = accumulation_dtype(params.values())
+    setting = _Setting(kind, output_fn, ignore_index, dtype, checks, samples_per_input, generator)
     batches = iterate_batches(data, device=device, limit=num_samples)
     with evaluation_mode(model), torch.enable_grad():
         if kind is FisherKind.BATCHED:
-            sums, count, divisor = _batched_sums(model, batches, params, output_fn)
+            sums, count, divisor = _batched_sums(model, batches, params, setting)
         else:
-            options = {"samples_per_input": samples_per_input, "generator": generator}
-            sums, count = _per_sample_sums(model, batches, params, kind, output_fn, options)
+            sums, count = _per_sample_sums(model, batches, params, setting)
             divisor = count
     if count == 0:
         raise ValueError("data yielded no samples: the Fisher is a mean over at least one input")
     values = {name: total / divisor for name, total in sums.items()}
     return DiagonalFisher(values, kind=kind, num_samples=count)
+
+
+def accumulation_dtype(params: Iterable[Tensor]) -> torch.dtype:
+    """The widest parameter dtype, and at least float32: what the Fisher is formed in."""
+    dtype = torch.float32
+    for p in params:
+        dtype = torch.promote_types(dtype, p.dtype)
+    return dtype
 
 
 def _check_options(kind: FisherKind, num_samples: int | None, samples_per_input: int) -> None:
@@ -109,19 +201,19 @@ def _batched_sums(
     model: nn.Module,
     batches: Iterable[Batch],
     params: dict[str, nn.Parameter],
-    output_fn: OutputFn | None,
+    setting: _Setting,
 ) -> tuple[dict[str, Tensor], int, int]:
     """Σ_batches (gradient of the batch-mean log-likelihood)², and the input and batch counts."""
-    sums = {name: torch.zeros_like(p) for name, p in params.items()}
+    sums = {name: torch.zeros_like(p, dtype=setting.dtype) for name, p in params.items()}
     count = num_batches = 0
     for batch in batches:
-        logits = model_logits(model, batch, output_fn)
-        check_class_targets(batch.targets, logits.shape[1], batch)
-        loss = F.cross_entropy(logits, batch.targets)
+        logits = model_logits(model, batch, setting.output_fn)
+        check_targets(logits, batch.targets, batch, setting.ignore_index)
+        loss = sequence_log_likelihood_loss(logits, batch.targets, setting.ignore_index)
         grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
         for name, grad in zip(params, grads, strict=True):
             if grad is not None:
-                sums[name].add_(grad.square())
+                sums[name].add_(grad.to(setting.dtype).square())
         count, num_batches = count + batch.size, num_batches + 1
     return sums, count, num_batches
 
@@ -130,139 +222,225 @@ def _per_sample_sums(
     model: nn.Module,
     batches: Iterable[Batch],
     params: dict[str, nn.Parameter],
-    kind: FisherKind,
-    output_fn: OutputFn | None,
-    options: dict[str, Any],
+    setting: _Setting,
 ) -> tuple[dict[str, Tensor], int]:
-    """Σ_n Σ_v (per-sample gradient for vector v)² per parameter, and the number of inputs."""
-    owners = _owners(model, params)
-    modules = {name: module for name, (module, _) in owners.items()}
-    sums = {name: torch.zeros_like(p) for name, p in params.items()}
-    count = 0
+    """Σ_n Σ_v (per-sample gradient for vector v)² per parameter, and the number of samples."""
+    sums = {name: torch.zeros_like(p, dtype=setting.dtype) for name, p in params.items()}
     static = [*model.parameters(), *model.buffers()]
-    with CallRecorder(modules, static) as recorder:
+    moved: dict[str, str] = {}  # parameters the numeric check sent to the whole-model path
+    checked: set[tuple] = set()  # the shapes of the batches checked so far
+    count = 0
+    with CallRecorder(_owner_modules(model, params), static) as recorder:
         for batch in batches:
             recorder.calls.clear()
-            logits = model_logits(model, batch, output_fn)
-            if kind.uses_labels:
-                check_class_targets(batch.targets, logits.shape[1], batch)
-            vectors = score_vectors(logits, kind, targets=batch.targets, **options)
-            _accumulate_batch(recorder, logits, list(vectors), owners, sums)
+            logits = model_logits(model, batch, setting.output_fn)
+            vectors = _vectors(logits, batch, setting)
+            shapes = _shapes(recorder.calls, batch)
+            plan = _plan(
+                model, recorder, logits, batch, params, setting, moved, shapes not in checked
+            )
+            checked.add(shapes)
+            _accumulate_batch(recorder, logits, vectors, plan, sums, setting.dtype)
+            if plan.whole_model:
+                with recorder.paused():
+                    names = list(plan.whole_model)
+                    _add_into(
+                        sums,
+                        whole_model_sums(
+                            model, batch.inputs, vectors, names, setting.output_fn, setting.dtype
+                        ),
+                    )
             count += batch.size
     return sums, count
 
 
-def _owners(
-    model: nn.Module, params: dict[str, nn.Parameter]
-) -> dict[str, tuple[nn.Module, dict[str, str]]]:
-    """Module name → (module, {local name: full name}) for modules owning trainable parameters."""
-    full_names = {id(p): name for name, p in params.items()}
-    owners = {}
-    for module_name, module in model.named_modules():
-        local = {
-            local_name: full_names[id(p)]
-            for local_name, p in module.named_parameters(recurse=False)
-            if id(p) in full_names
-        }
-        if local:
-            owners[module_name] = (module, local)
-    return owners
+def _shapes(calls: list[ModuleCall], batch: Batch) -> tuple:
+    """What the numeric check depends on besides values: the shapes of every recorded call.
+
+    Whether a call's argument holds one row per sample is read from its first dimension; a new
+    combination of shapes (a last, smaller batch; another sequence length) is checked again.
+    """
+    return (
+        tuple(batch.inputs.shape),
+        tuple((call.name, *(tuple(a.shape) for a in call.tensor_arguments())) for call in calls),
+    )
+
+
+def _owner_modules(model: nn.Module, params: dict[str, nn.Parameter]) -> dict[str, nn.Module]:
+    """Module name → module, for the modules that own trainable parameters (hooked)."""
+    trainable = {id(p) for p in params.values()}
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if any(id(p) in trainable for p in module.parameters(recurse=False))
+    }
+
+
+def _vectors(logits: Tensor, batch: Batch, setting: _Setting) -> list[Tensor]:
+    """The output-gradient vectors of this batch (the labels are checked where they are read)."""
+    mask = None
+    if logits.dim() == 3 or setting.kind.uses_labels:
+        mask = check_targets(logits, batch.targets, batch, setting.ignore_index)
+    vectors = score_vectors(
+        logits,
+        setting.kind,
+        targets=batch.targets,
+        mask=mask,
+        samples_per_input=setting.samples_per_input,
+        generator=setting.generator,
+        dtype=setting.dtype,
+    )
+    return list(vectors)
+
+
+def _plan(
+    model: nn.Module,
+    recorder: CallRecorder,
+    logits: Tensor,
+    batch: Batch,
+    params: dict[str, nn.Parameter],
+    setting: _Setting,
+    moved: dict[str, str],
+    check: bool,
+) -> Plan:
+    """This batch's plan: from its graph, corrected by the numeric check (run if ``check``)."""
+    for call in recorder.calls:
+        call.check_inputs_unchanged()
+    if setting.checks.graph:
+        plan = plan_batch(logits, recorder.calls, params, batch.size)
+    else:
+        plan = owner_plan(recorder.calls, params)
+    plan.route_to_whole_model({n: r for n, r in moved.items() if n in plan.sites})
+    if check and setting.checks.numeric:
+        moved.update(
+            check_plan(
+                plan,
+                recorder,
+                logits,
+                model,
+                batch.inputs,
+                params,
+                setting.output_fn,
+                setting.dtype,
+            )
+        )
+    return plan
 
 
 def _accumulate_batch(
     recorder: CallRecorder,
     logits: Tensor,
     vectors: list[Tensor],
-    owners: dict[str, tuple[nn.Module, dict[str, str]]],
+    plan: Plan,
     sums: dict[str, Tensor],
+    dtype: torch.dtype,
 ) -> None:
-    """Back-propagate each vector to the recorded module outputs; add the rules' squares to sums.
+    """Back-propagate each vector to the planned calls' outputs; add the rules' squares to sums.
 
-    Parameters used by one call go through their rule's ``partial`` (summed over the vectors) and
-    ``finalize``; a parameter shared by several calls sums its per-sample gradients first.
+    Parameters with one site go through their rule's ``partial`` (summed over the vectors) and
+    ``finalize``; a parameter with several sites (tied weights, a module called twice) sums its
+    per-sample gradients over the sites first.
     """
     calls = recorder.calls
-    for call in calls:
-        call.check_inputs_unchanged()
-    edges = [edge for call in calls for edge in call.edges]
+    own, shared = _split_sites(plan)
+    positions = sorted({i for sites in plan.sites.values() for i, _ in sites})
+    edges = [edge for i in positions for edge in calls[i].edges]
     if not edges:
-        return  # no trainable module reached the logits in this batch: it adds nothing
-    uses = _parameter_uses(calls, owners)
-    shared = {full for full, sites in uses.items() if len(sites) > 1}
-    own = [_own_names(call, owners, shared) for call in calls]
-    partials: list[dict[str, Tensor]] = [{} for _ in calls]
-    for i, vector in enumerate(vectors):
-        last = i + 1 == len(vectors)
-        flat = torch.autograd.grad(logits, edges, vector, retain_graph=not last, allow_unused=True)
-        grads = _split_per_call(calls, flat, logits)
+        return  # no planned module reached the logits in this batch
+    partials: dict[int, dict[str, Tensor]] = {i: {} for i in own}
+    for j, vector in enumerate(vectors):
+        last = j + 1 == len(vectors)
+        flat = torch.autograd.grad(
+            logits, edges, vector.to(logits.dtype), retain_graph=not last, allow_unused=True
+        )
+        grads = _split_per_call(calls, positions, flat, dtype)
         with recorder.paused(), torch.no_grad():
-            for call, call_grads, names, partial in zip(calls, grads, own, partials, strict=True):
-                if call_grads is not None and names:
-                    _add_into(partial, rule_for(call.module).partial(call, call_grads, names))
-            for full in shared:
-                _add_into(sums, {full: _shared_squares(uses[full], calls, grads, logits.shape[0])})
+            for i, names in own.items():
+                if grads[i] is not None:
+                    rule = rule_for(calls[i].module)
+                    _add_into(partials[i], rule.partial(calls[i], grads[i], list(names)))
+            for full, sites in shared.items():
+                _add_into(sums, {full: _shared_squares(sites, calls, grads, dtype)})
     with recorder.paused(), torch.no_grad():
-        for call, names, partial in zip(calls, own, partials, strict=True):
-            if partial:
-                finished = rule_for(call.module).finalize(call, partial, names)
-                full_names = owners[call.name][1]
-                _add_into(sums, {full_names[local]: value for local, value in finished.items()})
+        for i, names in own.items():
+            if partials[i]:
+                finished = rule_for(calls[i].module).finalize(calls[i], partials[i], list(names))
+                _add_into(sums, {names[local]: value for local, value in finished.items()})
 
 
-def _parameter_uses(
-    calls: list[ModuleCall], owners: dict[str, tuple[nn.Module, dict[str, str]]]
-) -> dict[str, list[tuple[int, str]]]:
-    """Full parameter name → [(call position, local name)] over every recorded call that uses it."""
-    uses: dict[str, list[tuple[int, str]]] = {}
+def owner_plan(calls: list[ModuleCall], params: dict[str, nn.Parameter]) -> Plan:
+    """The plan that trusts the rules: every parameter at the calls of the module owning it."""
+    full_names = {id(p): name for name, p in params.items()}
+    plan = Plan()
     for position, call in enumerate(calls):
-        for local, full in owners[call.name][1].items():
-            uses.setdefault(full, []).append((position, local))
-    return uses
+        for local, identity in call.own.items():
+            if identity in full_names:
+                plan.sites.setdefault(full_names[identity], []).append((position, local))
+    return plan
 
 
-def _own_names(
-    call: ModuleCall, owners: dict[str, tuple[nn.Module, dict[str, str]]], shared: set[str]
-) -> list[str]:
-    """Local names of the call's parameters that no other call shares."""
-    return [local for local, full in owners[call.name][1].items() if full not in shared]
+def _split_sites(
+    plan: Plan,
+) -> tuple[dict[int, dict[str, str]], dict[str, list[tuple[int, str]]]]:
+    """({call position: {local name: full name}} for one-site parameters, {full: sites} for the
+    parameters with several sites)."""
+    own: dict[int, dict[str, str]] = {}
+    shared = {}
+    for full, sites in plan.sites.items():
+        if len(sites) == 1:
+            position, local = sites[0]
+            own.setdefault(position, {})[local] = full
+        else:
+            shared[full] = sites
+    return own, shared
 
 
 def _split_per_call(
-    calls: list[ModuleCall], flat: tuple[Tensor | None, ...], logits: Tensor
-) -> list[list[Tensor] | None]:
-    """Regroup autograd's flat answer per call; None for calls the vector does not reach."""
-    grouped, start = [], 0
-    for call in calls:
+    calls: list[ModuleCall],
+    positions: list[int],
+    flat: tuple[Tensor | None, ...],
+    dtype: torch.dtype,
+) -> dict[int, list[Tensor] | None]:
+    """Regroup autograd's flat answer per call, in ``dtype``; None where the vector misses it."""
+    grouped, start = {}, 0
+    for i in positions:
+        call = calls[i]
         part = flat[start : start + len(call.edges)]
         start += len(call.edges)
         if all(g is None for g in part):
-            grouped.append(None)
+            grouped[i] = None
         else:
-            grouped.append(
-                [
-                    g if g is not None else logits.new_zeros(s)
-                    for g, s in zip(part, call.shapes, strict=True)
-                ]
-            )
+            grouped[i] = [
+                g.to(dtype) if g is not None else torch.zeros(s, dtype=dtype, device=_device(part))
+                for g, s in zip(part, call.shapes, strict=True)
+            ]
     return grouped
+
+
+def _device(part: tuple[Tensor | None, ...]) -> torch.device:
+    return next(g.device for g in part if g is not None)
 
 
 def _shared_squares(
     sites: list[tuple[int, str]],
     calls: list[ModuleCall],
-    grads: list[list[Tensor] | None],
-    size: int,
+    grads: dict[int, list[Tensor] | None],
+    dtype: torch.dtype,
 ) -> Tensor:
-    """Σ_n (Σ_uses per-sample gradient)² for a parameter used by several calls (tied weights)."""
+    """Σ_n (Σ_sites per-sample gradient)² for a parameter used by several calls (tied weights)."""
     first_call, first_local = calls[sites[0][0]], sites[0][1]
-    total = torch.zeros_like(getattr(first_call.module, first_local))
+    shape = first_call.module.get_parameter(first_local).shape
     reached = [(calls[i], grads[i], local) for i, local in sites if grads[i] is not None]
+    if not reached:
+        return torch.zeros(
+            shape, dtype=dtype, device=first_call.module.get_parameter(first_local).device
+        )
+    size = reached[0][1][0].shape[0]
+    total = reached[0][1][0].new_zeros(shape)
     chunk = max(1, PER_SAMPLE_BUDGET // total.numel())
     for start in range(0, size, chunk):
         stop = min(size, start + chunk)
-        per_sample = torch.zeros(
-            (stop - start, *total.shape), dtype=total.dtype, device=total.device
-        )
+        per_sample = total.new_zeros((stop - start, *shape))
         for call, call_grads, local in reached:
             part, sliced = call.narrow(start, stop, size), [g[start:stop] for g in call_grads]
             per_sample += rule_for(call.module).per_sample(part, sliced, [local])[local]

@@ -12,9 +12,10 @@ with t over the positions sharing the weight: the rows of a Linear input with le
 Martens 2016, "KFC"). With one position and one input the block is exact: the Fisher block of
 one datum is Σ_v (g_v ⊗ ã)(g_v ⊗ ã)ᵀ = (Σ_v g_v g_vᵀ) ⊗ ã ãᵀ.
 
-Never silently wrong: the first batch checks that, for one vector, the weight gradients the
-recorded calls imply (Σ_n Σ_t g_nt ã_ntᵀ) equal autograd's; a weight also used outside its layer
-(tied, functional) fails that check with an error naming it. Parameters without a Kronecker rule
+Never silently wrong: every batch's autograd graph must show each factored weight and bias used
+only inside its layer's single call (`ewc.fisher.coverage`), and the first batch checks that, for
+one vector, the weight gradients the recorded calls imply (Σ_n Σ_t g_nt ã_ntᵀ) equal autograd's;
+a weight also used outside its layer (tied, functional) fails either with an error naming it. Parameters without a Kronecker rule
 (other module types, Conv2d with groups, a weight shared by several modules) get a diagonal Fisher
 of the same kind over the same inputs, computed by `ewc.diagonal_fisher` in a second pass.
 """
@@ -34,6 +35,7 @@ from ewc._batches import Batch, check_class_targets, iterate_batches, model_logi
 from ewc._modes import evaluation_mode
 from ewc.fisher.capture import CallRecorder, ModuleCall
 from ewc.fisher.cotangents import score_vectors
+from ewc.fisher.coverage import plan_batch
 from ewc.fisher.diagonal import DiagonalFisher
 from ewc.fisher.estimator import diagonal_fisher
 from ewc.fisher.kinds import FisherKind
@@ -147,9 +149,10 @@ def _factor_sums(
     with CallRecorder(modules, static) as recorder:
         for batch in batches:
             recorder.calls.clear()
-            logits = model_logits(model, batch, output_fn)
+            logits = _class_logits(model_logits(model, batch, output_fn), batch)
             if kind.uses_labels:
                 check_class_targets(batch.targets, logits.shape[1], batch)
+            _check_uses(logits, recorder.calls, layers, batch)
             calls = _one_call_each(recorder.calls)
             vectors = list(score_vectors(logits, kind, targets=batch.targets, **options))
             with recorder.paused():
@@ -160,6 +163,41 @@ def _factor_sums(
             if kept is not None:
                 kept.append(batch)
     return sums, count
+
+
+def _class_logits(logits: Tensor, batch: Batch) -> Tensor:
+    """The (N, C) logits K-FAC takes; sequence logits (N, T, C) are the diagonal's."""
+    if logits.dim() != 2:
+        raise ValueError(
+            f"batch {batch.index}: kfac_fisher takes (N, classes) logits; got shape "
+            f"{tuple(logits.shape)} (for sequence outputs use ewc.diagonal_fisher)"
+        )
+    return logits
+
+
+def _check_uses(
+    logits: Tensor, calls: list[ModuleCall], layers: dict[str, _Layer], batch: Batch
+) -> None:
+    """Raise unless the graph shows every factored parameter used only in its layer's call."""
+    params = {name: p for layer in layers.values() for name, p in _named(layer)}
+    plan = plan_batch(logits, calls, params, batch.size)
+    for name, reason in plan.whole_model.items():
+        raise ValueError(
+            f"batch {batch.index}: parameter {name!r} is {reason}; a Kronecker block covers a "
+            "weight used only through its layer's single call (use ewc.diagonal_fisher, which "
+            "covers such parameters)"
+        )
+    for name, sites in plan.sites.items():
+        owner = next(layer_name for layer_name, layer in layers.items() if name in _names(layer))
+        if [calls[i].name for i, _ in sites] != [owner]:
+            raise ValueError(
+                f"batch {batch.index}: parameter {name!r} is not used by exactly one call of "
+                f"{owner!r}; a Kronecker block needs that (use ewc.diagonal_fisher)"
+            )
+
+
+def _named(layer: _Layer) -> list[tuple[str, nn.Parameter]]:
+    return list(zip(_names(layer), _parameters(layer), strict=True))
 
 
 def _one_call_each(calls: list[ModuleCall]) -> dict[str, ModuleCall]:

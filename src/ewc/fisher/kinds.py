@@ -13,6 +13,28 @@ entry for parameter θ_i is (shared/REFERENCES.md §2):
 - ``batched``:   F_i = (1/M) Σ_{batches b} (∂ mean_{n∈b} log p(y_n|x_n)/∂θ_i)²
   The square of a mini-batch mean gradient; about 1/B of ``empirical`` for batch size B. Some
   libraries call it "the Fisher"; here it keeps its own name, so λ is never carried across kinds.
+
+Sequences. For (N, T, C) logits a sample is a sequence, never a token: with y_n = (y_n1, …, y_nT)
+and the tokens whose label is the ignore index (padding) left out,
+
+    log p(y_n | x_n) = Σ_t log p_nt(y_nt),   p_nt = p(· | x_n, y_n,<t) the model's t-th softmax,
+
+and each kind squares the gradient of that sum, per sequence:
+
+- ``empirical``: (1/N) Σ_n (∂ Σ_t log p_nt(y_nt)/∂θ_i)² with the dataset's tokens;
+- ``argmax``:    the same with ŷ_nt = argmax p_nt;
+- ``sample``:    (1/N) Σ_n (1/k) Σ_j (∂ Σ_t log p_nt(ŷ_ntj)/∂θ_i)², each ŷ_ntj ~ p_nt drawn
+  independently, the inputs (and so the contexts y_<t) held at the data (teacher forcing);
+- ``exact``:     (1/N) Σ_n Σ_t Σ_c p_nt(c) (∂ log p_nt(c)/∂θ_i)², the expectation of the
+  ``sample`` square under that same distribution Π_t p_nt: the labels are independent given the
+  inputs and each score has mean zero, so E[(Σ_t s_t)²] = Σ_t E[s_t²], the cross terms vanish.
+  It costs T (C − 1) backward passes: for small C only (never a 50,000-token vocabulary).
+- ``batched``:   (1/M) Σ_b (∂ (1/|b|) Σ_{n∈b} log p(y_n|x_n)/∂θ_i)², the log-likelihood of each
+  sequence summed over its tokens, the mean over the sequences of the batch.
+
+So ``sample`` is an unbiased estimate of ``exact`` for sequences too. Both are the Fisher of the
+model's next-token distributions at the data's contexts; the Fisher of freely generated sequences
+(contexts drawn from the model itself) would need sampling token by token, which no kind does.
 """
 
 from __future__ import annotations

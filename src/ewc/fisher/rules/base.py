@@ -10,7 +10,12 @@ vectors of the exact Fisher before doing its expensive product:
 
 Every rule also provides ``per_sample(call, grads, names)`` → {name: tensor (N, *param.shape)}, the
 obviously-correct form, used when a parameter is shared by several calls (the per-sample
-gradients of all its uses must be summed before squaring).
+gradients of all its uses must be summed before squaring), and ``summed(call, grads, names)`` →
+Σ_n per-sample gradient, which must equal autograd's gradient of the call's outputs for the same
+vector: the numeric check of `ewc.fisher.verify`.
+
+Names may be dotted (``out_proj.weight``) for the functional rule; gradients arrive in the
+precision the Fisher is accumulated in, and rules cast the recorded inputs to it.
 """
 
 from __future__ import annotations
@@ -41,8 +46,19 @@ class Rule:
         self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
     ) -> dict[str, Tensor]:
         """Σ_n (per-sample gradient)², computed over chunks of samples to bound memory."""
+        return self._chunked_sums(call, grads, names, square=True)
+
+    def summed(
+        self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
+    ) -> dict[str, Tensor]:
+        """Σ_n per-sample gradient: what autograd's gradient of the call's outputs must equal."""
+        return self._chunked_sums(call, grads, names, square=False)
+
+    def _chunked_sums(
+        self, call: ModuleCall, grads: list[Tensor], names: Sequence[str], *, square: bool
+    ) -> dict[str, Tensor]:
         size = grads[0].shape[0]
-        per_sample_numel = sum(getattr(call.module, name).numel() for name in names)
+        per_sample_numel = sum(call.module.get_parameter(name).numel() for name in names)
         chunk = max(1, PER_SAMPLE_BUDGET // max(1, per_sample_numel))
         totals: dict[str, Tensor] = {}
         for start in range(0, size, chunk):
@@ -50,8 +66,8 @@ class Rule:
             part = call.narrow(start, stop, size)
             sliced = [g[start:stop] for g in grads]
             for name, value in self.per_sample(part, sliced, names).items():
-                squares = value.square().sum(0)
-                totals[name] = squares if name not in totals else totals[name].add_(squares)
+                total = (value.square() if square else value).sum(0)
+                totals[name] = total if name not in totals else totals[name].add_(total)
         return totals
 
     def finalize(

@@ -33,11 +33,16 @@ class ConvRule(Rule):
         module, g = call.module, grads[0].flatten(2)
         out = {}
         if "weight" in names:
-            products = _window_products(g, _windows(call, 0, g.shape[0]), module.groups)
+            products = _window_products(g, _windows(call, 0, g.shape[0], g.dtype), module.groups)
             out["weight"] = _as_weight(products, module.weight)
         if "bias" in names:
             out["bias"] = g.sum(-1)
         return out
+
+    def summed(
+        self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
+    ) -> dict[str, Tensor]:
+        return _summed(call, grads[0], names)
 
     def partial(
         self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
@@ -48,7 +53,7 @@ class ConvRule(Rule):
             squares = None
             for start, stop in _chunks(module, g.shape[0], g.shape[-1]):
                 products = _window_products(
-                    g[start:stop], _windows(call, start, stop), module.groups
+                    g[start:stop], _windows(call, start, stop, g.dtype), module.groups
                 )
                 part = products.square_().sum(0)
                 squares = part if squares is None else squares.add_(part)
@@ -56,6 +61,27 @@ class ConvRule(Rule):
         if "bias" in names:
             out["bias"] = g.sum(-1).square().sum(0)
         return out
+
+
+def _summed(call: ModuleCall, g: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
+    """Σ_n g_n X_nᵀ as one weight gradient (``torch.nn.grad``) on the padded input."""
+    module = call.module
+    out = {}
+    if "weight" in names:
+        x = _padded(module, call.input.to(g.dtype))  # (n, I, H, W); H = 1 for Conv1d
+        weight = module.weight.view(*module.weight.shape[:2], *_two_d(module.kernel_size))
+        total = torch.nn.grad.conv2d_weight(
+            x,
+            weight.shape,
+            g.reshape(g.shape[0], g.shape[1], -1, g.shape[-1]),
+            stride=_two_d(module.stride),
+            dilation=_two_d(module.dilation),
+            groups=module.groups,
+        )
+        out["weight"] = total.view_as(module.weight)
+    if "bias" in names:
+        out["bias"] = g.flatten(2).sum((0, 2))
+    return out
 
 
 def _window_products(g: Tensor, windows: Tensor, groups: int) -> Tensor:
@@ -84,14 +110,13 @@ def _chunks(module: nn.Conv1d | nn.Conv2d, size: int, locations: int) -> list[tu
     return [(start, min(size, start + step)) for start in range(0, size, step)]
 
 
-def _windows(call: ModuleCall, start: int, stop: int) -> Tensor:
-    """The input windows of every kernel offset, stacked offset-major as (n, G, offsets · I/G, L);
-    cached per sample range, so the C − 1 vectors of the exact Fisher share them."""
-    key = ("windows", start, stop)
+def _windows(call: ModuleCall, start: int, stop: int, dtype: torch.dtype) -> Tensor:
+    """The input windows of every kernel offset, stacked offset-major as (n, G, offsets · I/G, L),
+    in ``dtype``; cached per sample range, so the C − 1 vectors of the exact Fisher share them."""
+    key = ("windows", start, stop, dtype)
     if key not in call.cache:
-        call.cache[key] = _stacked_windows(
-            call.module, _padded(call.module, call.input[start:stop])
-        )
+        x = call.input[start:stop].to(dtype)
+        call.cache[key] = _stacked_windows(call.module, _padded(call.module, x))
     return call.cache[key]
 
 

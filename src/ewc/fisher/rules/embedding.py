@@ -33,6 +33,17 @@ class EmbeddingRule(Rule):
             dense[:, module.padding_idx] = 0
         return {"weight": dense}
 
+    def summed(
+        self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
+    ) -> dict[str, Tensor]:
+        module, g = _checked(call), grads[0]
+        dim = g.shape[-1]
+        total = g.new_zeros(module.num_embeddings, dim)
+        total.index_add_(0, call.input.reshape(-1), g.reshape(-1, dim))
+        if module.padding_idx is not None:
+            total[module.padding_idx] = 0
+        return {"weight": total}
+
     def partial(
         self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
     ) -> dict[str, Tensor]:

@@ -9,11 +9,15 @@ model work, including raw ``nn.Parameter``s used in a custom ``forward``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import tree_flatten
 
 from ewc.fisher.capture import ModuleCall
@@ -21,30 +25,67 @@ from ewc.fisher.rules.base import Rule
 
 
 class FunctionalRule(Rule):
-    """Per-sample gradients of any module's own parameters by `vmap` over `vjp`."""
+    """Per-sample gradients of any module's parameters by `vmap` over `vjp`.
+
+    Names may be dotted (a descendant's parameter that the module's forward uses directly, as
+    ``nn.MultiheadAttention`` does with ``out_proj.weight``). When the gradients arrive in a wider
+    dtype than the module's (a float16 model), the module is re-run in that dtype.
+    """
 
     def per_sample(
         self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
     ) -> dict[str, Tensor]:
-        module, size = call.module, grads[0].shape[0]
-        params = {name: getattr(module, name).detach() for name in names}
+        module, size, dtype = call.module, grads[0].shape[0], grads[0].dtype
+        params, rest = _state(module, names, dtype)
         arg_dims = tuple(0 if call.is_batched(a, size) else None for a in call.args)
         kwarg_dims = {k: 0 if call.is_batched(v, size) else None for k, v in call.kwargs.items()}
 
         def one_sample(args: tuple, kwargs: dict, cotangents: list[Tensor]) -> dict[str, Tensor]:
-            args = tuple(_as_batch_of_one(a, d) for a, d in zip(args, arg_dims, strict=True))
-            kwargs = {k: _as_batch_of_one(v, kwarg_dims[k]) for k, v in kwargs.items()}
+            args = tuple(_as_batch_of_one(a, d, dtype) for a, d in zip(args, arg_dims, strict=True))
+            kwargs = {k: _as_batch_of_one(v, kwarg_dims[k], dtype) for k, v in kwargs.items()}
 
             def outputs(p: dict[str, Tensor]) -> tuple[Tensor, ...]:
-                leaves, _ = tree_flatten(functional_call(module, p, args, kwargs))
+                leaves, _ = tree_flatten(functional_call(module, (p, rest), args, kwargs))
                 return tuple(leaves[i] for i in call.output_index)
 
-            _, pullback = vjp(outputs, params)
-            (grad,) = pullback(tuple(c.unsqueeze(0) for c in cotangents))
-            return grad
+            out, pullback = vjp(outputs, params)
+            pairs = zip(cotangents, out, strict=True)
+            (grad,) = pullback(tuple(c.unsqueeze(0).to(o.dtype) for c, o in pairs))
+            return {name: g.to(dtype) for name, g in grad.items()}
 
-        return vmap(one_sample, in_dims=(arg_dims, kwarg_dims, 0))(call.args, call.kwargs, grads)
+        with without_batching_rule_warnings():
+            return vmap(one_sample, in_dims=(arg_dims, kwarg_dims, 0))(
+                call.args, call.kwargs, grads
+            )
 
 
-def _as_batch_of_one(value: Any, dim: int | None) -> Any:
+@contextmanager
+def without_batching_rule_warnings() -> Iterator[None]:
+    """Attention by its math kernel, whose ops all have batching rules (the fused CPU kernel runs
+    under vmap as a loop over samples), and no notice for the ops that still loop."""
+    with warnings.catch_warnings(), sdpa_kernel([SDPBackend.MATH]):
+        warnings.filterwarnings("ignore", message="There is a performance drop because we have not")
+        yield
+
+
+def _state(
+    module: nn.Module, names: Sequence[str], dtype: torch.dtype
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The differentiated parameters, and (only when the module computes in another dtype) every
+    other floating tensor of the module cast to ``dtype``."""
+    params = {name: module.get_parameter(name).detach().to(dtype) for name in names}
+    tensors = [
+        *module.named_parameters(remove_duplicate=False),
+        *module.named_buffers(remove_duplicate=False),
+    ]
+    if all(t.dtype == dtype for _, t in tensors if t.is_floating_point()):
+        return params, {}
+    chosen = {id(module.get_parameter(name)) for name in names}
+    rest = {n: t.detach().to(dtype) for n, t in tensors if t.is_floating_point()}
+    return params, {n: t for n, t in rest.items() if id(dict(tensors)[n]) not in chosen}
+
+
+def _as_batch_of_one(value: Any, dim: int | None, dtype: torch.dtype) -> Any:
+    if isinstance(value, Tensor) and value.is_floating_point():
+        value = value.to(dtype)
     return value.unsqueeze(0) if dim == 0 else value

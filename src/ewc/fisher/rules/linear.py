@@ -27,12 +27,24 @@ class LinearRule(Rule):
     def per_sample(
         self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
     ) -> dict[str, Tensor]:
-        a, g = call.input, grads[0]
+        g = grads[0]
+        a = call.input.to(g.dtype)
         out = {}
         if "weight" in names:
             out["weight"] = torch.einsum("n...o,n...i->noi", g, a)
         if "bias" in names:
             out["bias"] = sum_except(g, keep_last=1)
+        return out
+
+    def summed(
+        self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
+    ) -> dict[str, Tensor]:
+        g = grads[0]
+        out = {}
+        if "weight" in names:
+            out["weight"] = torch.einsum("...o,...i->oi", g, call.input.to(g.dtype))
+        if "bias" in names:
+            out["bias"] = g.reshape(-1, g.shape[-1]).sum(0)
         return out
 
     def partial(
@@ -50,7 +62,7 @@ class LinearRule(Rule):
         g2 = partial["grad_squared"]
         out = {}
         if "weight" in names:
-            out["weight"] = g2.T @ call.input.square()
+            out["weight"] = g2.T @ call.input.to(g2.dtype).square()
         if "bias" in names:
             out["bias"] = g2.sum(0)
         return out

@@ -31,7 +31,9 @@ class AffineNormRule(Rule):
             otherwise w covers the trailing dimensions, as in LayerNorm and RMSNorm.
     """
 
-    def __init__(self, normalize: Callable[[ModuleCall], Tensor], *, per_channel: bool):
+    def __init__(
+        self, normalize: Callable[[ModuleCall, torch.dtype], Tensor], *, per_channel: bool
+    ):
         self.normalize = normalize
         self.per_channel = per_channel
 
@@ -41,7 +43,7 @@ class AffineNormRule(Rule):
         g = grads[0]
         out = {}
         if "weight" in names:
-            out["weight"] = self._reduce(g * self.normalize(call), call)
+            out["weight"] = self._reduce(g * self.normalize(call, g.dtype), call)
         if "bias" in names:
             out["bias"] = self._reduce(g, call)
         return out
@@ -52,23 +54,23 @@ class AffineNormRule(Rule):
         return sum_except(tensor, keep_last=call.module.weight.dim())
 
 
-def _layer_norm_input(call: ModuleCall) -> Tensor:
+def _layer_norm_input(call: ModuleCall, dtype: torch.dtype) -> Tensor:
     m = call.module
-    return F.layer_norm(call.input, m.normalized_shape, eps=m.eps)
+    return F.layer_norm(call.input.to(dtype), m.normalized_shape, eps=m.eps)
 
 
-def _rms_norm_input(call: ModuleCall) -> Tensor:
+def _rms_norm_input(call: ModuleCall, dtype: torch.dtype) -> Tensor:
     m = call.module
-    return F.rms_norm(call.input, m.normalized_shape, eps=m.eps)
+    return F.rms_norm(call.input.to(dtype), m.normalized_shape, eps=m.eps)
 
 
-def _group_norm_input(call: ModuleCall) -> Tensor:
+def _group_norm_input(call: ModuleCall, dtype: torch.dtype) -> Tensor:
     m = call.module
-    return F.group_norm(call.input, m.num_groups, eps=m.eps)
+    return F.group_norm(call.input.to(dtype), m.num_groups, eps=m.eps)
 
 
-def _batch_norm_input(call: ModuleCall) -> Tensor:
-    m, x = call.module, call.input
+def _batch_norm_input(call: ModuleCall, dtype: torch.dtype) -> Tensor:
+    m, x = call.module, call.input.to(dtype)
     if m.training or m.running_mean is None:
         raise ValueError(
             f"batch norm {call.name!r} normalises with batch statistics "
@@ -76,7 +78,7 @@ def _batch_norm_input(call: ModuleCall) -> Tensor:
             "a per-sample Fisher is undefined for it"
         )
     shape = (1, -1) + (1,) * (x.dim() - 2)
-    mean, var = m.running_mean.view(shape), m.running_var.view(shape)
+    mean, var = m.running_mean.view(shape).to(dtype), m.running_var.view(shape).to(dtype)
     return (x - mean) * torch.rsqrt(var + m.eps)
 
 
