@@ -235,7 +235,7 @@ def test_a_layer_run_twice_is_an_error():
     layer = nn.Linear(3, 3).double()
     model = nn.Sequential(layer, nn.Tanh(), layer)
     x, y = torch.randn(4, 3, dtype=torch.float64), torch.randint(0, 3, (4,))
-    with pytest.raises(ValueError, match="exactly one call|ran more than once"):
+    with pytest.raises(ValueError, match=r"exactly one call|ran more than once"):
         kfac_fisher(model, [(x, y)], "exact")
 
 

@@ -15,9 +15,10 @@ one datum is Σ_v (g_v ⊗ ã)(g_v ⊗ ã)ᵀ = (Σ_v g_v g_vᵀ) ⊗ ã ãᵀ.
 Never silently wrong: every batch's autograd graph must show each factored weight and bias used
 only inside its layer's single call (`ewc.fisher.coverage`), and the first batch checks that, for
 one vector, the weight gradients the recorded calls imply (Σ_n Σ_t g_nt ã_ntᵀ) equal autograd's;
-a weight also used outside its layer (tied, functional) fails either with an error naming it. Parameters without a Kronecker rule
-(other module types, Conv2d with groups, a weight shared by several modules) get a diagonal Fisher
-of the same kind over the same inputs, computed by `ewc.diagonal_fisher` in a second pass.
+a weight also used outside its layer (tied, functional) fails either with an error naming it.
+Parameters without a Kronecker rule (other module types, Conv2d with groups, a weight shared by
+several modules) get a diagonal Fisher of the same kind over the same inputs, computed by
+`ewc.diagonal_fisher` in a second pass.
 """
 
 from __future__ import annotations
