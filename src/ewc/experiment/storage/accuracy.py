@@ -27,6 +27,13 @@ _CORNER = "after"
 _UNTRAINED = "untrained"
 
 
+def finite(value: object) -> float | None:
+    """``value`` as a float, or None when it is missing, not a number, NaN or infinite."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 def row_label(index: int) -> str:
     """The label of row ``index`` of R in the file: ``untrained`` or ``task i``."""
     return _UNTRAINED if index == 0 else f"task {index}"
@@ -92,4 +99,4 @@ def _value(text: str, number: int) -> float | None:
         value = float(text)
     except ValueError:
         raise ValueError(f"line {number} holds {text!r}, which is not a number") from None
-    return value if math.isfinite(value) else None
+    return finite(value)

@@ -19,11 +19,12 @@ version does not know is skipped (`parse_event` returns None), so newer runners 
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeAlias
+
+from ewc.experiment.storage.accuracy import finite
 
 
 class EventError(ValueError):
@@ -130,7 +131,7 @@ def _field(kind: str, name: str, raw: Any) -> Any:
     if name == "accuracies":
         if not isinstance(raw, list):
             raise EventError(f"{kind} event: accuracies must be a list; got {raw!r}")
-        return tuple(_finite(v) for v in raw)
+        return tuple(finite(v) for v in raw)
     if name in ("strategy", "message"):
         if not isinstance(raw, str):
             raise EventError(f"{kind} event: {name} must be a string; got {raw!r}")
@@ -142,12 +143,6 @@ def _field(kind: str, name: str, raw: Any) -> Any:
     if isinstance(raw, bool) or not isinstance(raw, int):
         raise EventError(f"{kind} event: {name} must be an integer; got {raw!r}")
     return raw
-
-
-def _finite(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 class EventLog:
