@@ -156,6 +156,8 @@ def _run_config_and_dir(args: argparse.Namespace) -> tuple[Any, Path]:
         return config, args.out or _fresh_run_dir(config.benchmark.name)
     if args.out is not None:
         raise ValueError("--out and --resume exclude each other: --resume names the run directory")
+    if RunDirectory(args.resume).is_unstarted():  # killed before config.json was complete
+        return resolve(args.config, overrides), args.resume
     recorded = from_dict(RunDirectory.open(args.resume).read_config()["config"])
     changed = args.config is not None or overrides
     return (resolve(args.config, overrides) if changed else recorded), args.resume
