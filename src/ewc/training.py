@@ -22,8 +22,10 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 class Penalty(Protocol):
-    """A term added to the task loss: calling it returns its value, differentiable in the model's
-    parameters (e.g. `ewc.EWC`, `ewc.L2`, or any ``lambda: ...`` returning a scalar tensor)."""
+    """A term added to the task loss, e.g. `ewc.EWC`, `ewc.L2`, or any ``lambda: ...``.
+
+    Calling it returns its value as a scalar tensor, differentiable in the model's parameters.
+    """
 
     def __call__(self) -> Tensor:
         """The penalty's value at the model's current parameters."""

@@ -382,8 +382,11 @@ def _initial_state(
 
 
 def derived_seed(seed: int, purpose: str) -> int:
-    """A seed for one purpose of a run seed, so that generators of different purposes never share
-    a stream (seed 0's "strategy" stream is not seed 1's "data order" stream)."""
+    """A seed for one purpose of a run seed (SHA-256 of ``"<seed>:<purpose>"``).
+
+    Generators of different purposes never share a stream: seed 0's "strategy" stream is not
+    seed 1's "data order" stream.
+    """
     digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 

@@ -13,8 +13,11 @@ _OLD_MESSAGE = re.compile(r"task (\d+), epoch (\d+), step (\d+): (.*)", re.DOTAL
 
 @dataclass(frozen=True)
 class Divergence:
-    """Where a cell's loss became non-finite: task and epoch 1-based, ``step`` counted from the
-    cell's start (the step that was not taken), and the training loop's message."""
+    """Where a cell's loss became non-finite, and the training loop's message.
+
+    ``task`` and ``epoch`` are 1-based; ``step`` counts from the cell's start and is the step that
+    was not taken.
+    """
 
     task: int
     epoch: int
@@ -46,8 +49,11 @@ class Divergence:
 
 @dataclass(frozen=True)
 class CellOutcome:
-    """A cell's result: ``rows`` (the accuracy matrix R, T + 1 rows) if it trained every task,
-    ``divergence`` if its loss became non-finite; exactly one of the two is set."""
+    """A cell's result: its accuracy matrix, or where it diverged.
+
+    ``rows`` (the accuracy matrix R, T + 1 rows) if it trained every task, ``divergence`` if its
+    loss became non-finite; exactly one of the two is set.
+    """
 
     cell: Cell
     rows: list[list[float]] | None = None

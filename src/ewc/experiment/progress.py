@@ -68,8 +68,11 @@ class _TaskClock:
 
 
 class LineProgress(Progress):
-    """Plain lines: one per cell start, task end and note, and one every ``interval`` seconds
-    inside a task. Readable in a log file or CI output. ``quiet`` keeps only the notes."""
+    """Plain lines, readable in a log file or CI output.
+
+    One line per cell start, task end and note, and one every ``interval`` seconds inside a task.
+    ``quiet`` keeps only the notes.
+    """
 
     def __init__(
         self,
@@ -194,8 +197,11 @@ class BarProgress(LineProgress):
 
 
 def make_progress(stream: TextIO | None = None, *, quiet: bool = False) -> Progress:
-    """A tqdm bar on a terminal (plain lines if tqdm is not installed), plain lines otherwise;
-    ``quiet``: only notes (warnings, divergences) and run-level messages."""
+    """The progress for ``stream`` (default stderr), as ``ewc run`` shows it.
+
+    A tqdm bar on a terminal (plain lines if tqdm is not installed), plain lines otherwise; with
+    ``quiet``, only notes (warnings, divergences) and run-level messages.
+    """
     stream = stream or sys.stderr
     if quiet or not stream.isatty():
         return LineProgress(stream, quiet=quiet)

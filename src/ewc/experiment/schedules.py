@@ -1,5 +1,7 @@
-"""The learning rate within a task, as a factor of `training.lr` that depends only on the position
-in the task; `task_lr_scheduler` applies it through `torch.optim.lr_scheduler.LambdaLR`.
+"""The learning rate within a task: a factor of `training.lr` set by a `LambdaLR`.
+
+The factor depends only on the position in the task; `task_lr_scheduler` applies it through
+`torch.optim.lr_scheduler.LambdaLR`.
 
 - ``constant``: 1.
 - ``cosine``: ½ (1 + cos(π k / K)) at the task's k-th step (0-based) of K, one cosine cycle per

@@ -90,8 +90,10 @@ def summarize(
 
 
 def mean_sem_text(mean: float | None, sem: float | None, digits: int = 2) -> str:
-    """A fraction's mean ± SEM in %: ``94.12 ± 0.30``; without ``± …`` when the SEM is missing
-    or NaN (one seed), ``—`` when the mean is."""
+    """A fraction's mean ± SEM in %, e.g. ``94.12 ± 0.30``.
+
+    Without ``± …`` when the SEM is missing or NaN (one seed); ``—`` when the mean is.
+    """
     if mean is None or not math.isfinite(mean):
         return MISSING
     if sem is None or not math.isfinite(sem):

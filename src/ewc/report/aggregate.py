@@ -49,8 +49,10 @@ class Span:
 
 
 def mean_sem(values: Iterable[float | None]) -> Stat | None:
-    """Mean and SEM (`ewc.experiment.metrics.mean_and_sem`) of the values that are not None;
-    None when there are none."""
+    """Mean and SEM of the values that are not None; None when there are none.
+
+    The numbers are those of `ewc.experiment.metrics.mean_and_sem`.
+    """
     present = [v for v in values if v is not None]
     if not present:
         return None

@@ -1,5 +1,6 @@
-"""Rows of the accuracy matrix R, as read from events and accuracy/*.csv files
-(`ewc.experiment.storage.events`, `ewc.experiment.storage.accuracy`).
+"""Rows of the accuracy matrix R, as read from events and accuracy/*.csv files.
+
+The files are read by `ewc.experiment.storage.events` and `ewc.experiment.storage.accuracy`.
 
 R has T + 1 rows and T columns: row 0 is the untrained model, row i the model after training task
 i, column j the test accuracy on task j (a fraction in [0, 1]). A missing value is None.

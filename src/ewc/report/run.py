@@ -185,8 +185,7 @@ def _event_files(directory: RunDirectory, problems: list[str]) -> list[Path]:
 def _read_events(
     directory: RunDirectory, pairs: dict[tuple[int, str], SeedRun], problems: list[str]
 ) -> tuple[list[Note], list[DivergedEvent]]:
-    """Fill ``pairs`` from the eval / task_end events of the run; return its notes and
-    divergences."""
+    """Fill ``pairs`` from the eval / task_end events; return the notes and divergences."""
     notes: list[Note] = []
     divergences: list[DivergedEvent] = []
     for path in _event_files(directory, problems):
@@ -321,8 +320,7 @@ def _diverged(divergences: list[DivergedEvent]) -> list[str]:
 
 
 def _summary_incomplete(summary: dict[str, Any] | None, diverged: set[Cell]) -> list[str]:
-    """The cells summary.json lists as incomplete (missing task rows; diverged ones are said
-    by `_diverged`)."""
+    """The cells summary.json lists as incomplete, except the diverged ones (`_diverged`)."""
     said = {cell.key for cell in diverged}
     return [
         f"summary.json leaves out {cell}: {why}."

@@ -160,7 +160,7 @@ class EventLog:
         self._file.flush()
 
     def durable_length(self) -> int:
-        """fsync the log and return its length in bytes (what a checkpoint records)."""
+        """Flush and fsync the log; return its length in bytes (what a checkpoint records)."""
         self._file.flush()
         os.fsync(self._file.fileno())
         return self.path.stat().st_size
