@@ -32,10 +32,10 @@ class EventError(ValueError):
 
 
 @dataclass(frozen=True)
-class TaskEndEvent:
-    """Row ``task`` of the accuracy matrix R: the accuracy on every task after training it."""
+class _AccuracyEvent:
+    """The test accuracy on every task at ``step``, while or after training ``task``."""
 
-    kind: ClassVar[str] = "task_end"
+    kind: ClassVar[str]
     seed: int
     strategy: str
     step: int
@@ -44,15 +44,17 @@ class TaskEndEvent:
 
 
 @dataclass(frozen=True)
-class EvalEvent:
+class TaskEndEvent(_AccuracyEvent):
+    """Row ``task`` of the accuracy matrix R: the accuracy on every task after training it."""
+
+    kind: ClassVar[str] = "task_end"
+
+
+@dataclass(frozen=True)
+class EvalEvent(_AccuracyEvent):
     """Test accuracy on every task at ``step``, while training ``task`` (1-based)."""
 
     kind: ClassVar[str] = "eval"
-    seed: int
-    strategy: str
-    step: int
-    task: int
-    accuracies: tuple[float | None, ...]
 
 
 @dataclass(frozen=True)
