@@ -150,7 +150,7 @@ def _open_run_dir(
     """The run directory: opened for a resume, else created with the run's record."""
     fingerprint = data_fingerprint(data)
     unstarted = RunDirectory(run_dir).is_unstarted()
-    if unstarted:
+    if unstarted and (resume or any(Path(run_dir).iterdir())):  # not a fresh empty folder
         progress.announce(
             f"{run_dir} holds no complete config.json: the run that made it was stopped before "
             "it started, so this run starts it afresh"
