@@ -138,34 +138,101 @@ def final_state(run_dir: Path) -> tuple[dict, dict]:
     return matrices, params
 
 
+def event_lines(run_dir: Path) -> int:
+    """Events the cells have written so far (what a running `ewc run` reports on disk)."""
+    return sum(len(p.read_bytes().splitlines()) for p in run_dir.glob("cells/*/events.jsonl"))
+
+
+def checkpoints(run_dir: Path) -> set[str]:
+    return {p.as_posix() for p in run_dir.glob("cells/*/checkpoints/*.safetensors")}
+
+
+class NewCheckpoint:
+    """Reached when a checkpoint appears that was not there at the first look."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.before = run_dir, None
+
+    def __call__(self) -> bool:
+        now = checkpoints(self.run_dir)
+        if self.before is None:
+            self.before = now
+        return bool(now - self.before)
+
+
+def kill_when(process: subprocess.Popen, reached, patience_s: float = 600.0) -> bool:
+    """SIGKILL ``process`` as soon as ``reached()`` holds; False if it ended before that.
+
+    The kill point is an event the run reports (a folder, an event line, a checkpoint), never a
+    wall-clock delay, so that a slow or loaded machine moves nothing but the waiting time;
+    ``patience_s`` only keeps a hung run from hanging the test.
+    """
+    deadline = time.monotonic() + patience_s
+    while process.poll() is None and time.monotonic() < deadline:
+        if reached():
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return process.returncode == -signal.SIGKILL
+        time.sleep(0.002)
+    process.wait()
+    return False
+
+
 def test_sigkill_at_random_points_then_resume_is_bitwise_identical(tmp_path):
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     reference = tmp_path / "whole"
     subprocess.run(command("--out", str(reference)), check=True, env=env, capture_output=True)
+    total = len((reference / "metrics.jsonl").read_text().splitlines())
     cut = tmp_path / "cut"
     rng = random.Random(20261123)
-    kills = 0
-    for delay in (rng.uniform(1.5, 4.0), rng.uniform(0.5, 2.5), rng.uniform(0.5, 2.5)):
-        started = (cut / "config.json").exists()  # a kill may land before the run directory exists
-        arguments = command("--resume", str(cut)) if started else command("--out", str(cut))
-        process = subprocess.Popen(
-            arguments, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    early, late = sorted(rng.sample(range(1, total), 2))
+    points = [
+        ("the run directory exists", cut.exists),  # config.json may be incomplete
+        (f"{early} event lines", lambda: event_lines(cut) >= early),
+        ("a new checkpoint", NewCheckpoint(cut)),
+        (f"{late} event lines", lambda: event_lines(cut) >= late),
+    ]
+    kills, logs = [], []
+    for name, reached in points:
+        arguments = command("--resume" if logs else "--out", str(cut))
+        log = tmp_path / f"stderr-{len(logs)}.txt"
+        logs.append(log)
+        with log.open("wb") as stderr:
+            process = subprocess.Popen(arguments, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+            if kill_when(process, reached):
+                kills.append(name)
+        assert process.returncode in (0, -signal.SIGKILL), (
+            f"`ewc run` exited {process.returncode} (kill point: {name}); its stderr:\n"
+            + log.read_text(errors="replace")
         )
-        time.sleep(delay)
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            kills += 1
-        process.wait()
-    subprocess.run(command("--resume", str(cut)), check=True, env=env, capture_output=True)
-    assert kills >= 1, "every run finished before its kill: the test would prove nothing"
+    final = subprocess.run(command("--resume", str(cut)), env=env, capture_output=True, text=True)
+    assert final.returncode == 0, f"the final --resume exited {final.returncode}:\n{final.stderr}"
+    assert kills, "every run finished before its kill point: the test would prove nothing"
     (ref_matrices, ref_params), (cut_matrices, cut_params) = (
         final_state(reference),
         final_state(cut),
     )
-    assert cut_matrices == ref_matrices
+    assert cut_matrices == ref_matrices, f"killed at: {kills}"
     assert ref_params.keys() == cut_params.keys()
     for cell, params in ref_params.items():
         assert all(torch.equal(params[name], cut_params[cell][name]) for name in params), cell
+
+
+def test_a_run_killed_before_its_config_was_written_resumes_as_a_fresh_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".config.json.0123456789abcdef.tmp").write_bytes(b"")  # what a SIGKILL there leaves
+    arguments = ["run", "--no-report", "--strategies", "finetune", *TINY]
+    assert main([*arguments[:1], "--resume", str(out), *arguments[1:]]) == 0
+    assert "stopped before it started, so this run starts it afresh" in capsys.readouterr().err
+    assert not list(out.glob(".config.json.*.tmp"))
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / ".config.json.0123456789abcdef.tmp").write_bytes(b'{"conf')
+    assert main([*arguments[:1], "--out", str(again), *arguments[1:]]) == 0
+    assert (again / "accuracy" / "seed0_finetune.csv").read_bytes() == (
+        out / "accuracy" / "seed0_finetune.csv"
+    ).read_bytes()
 
 
 def test_an_interrupt_before_the_run_directory_exists_says_so(monkeypatch, capsys):

@@ -7,10 +7,13 @@ exclusively), are flushed and fsynced, the file is renamed over the destination 
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import secrets
 from pathlib import Path
+from typing import Any
 
 _TEMPORARY = re.compile(r"\.(.+)\.[0-9a-f]{16}\.tmp")
 
@@ -36,6 +39,21 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """`write_bytes_atomic` of UTF-8 text; the parent directory is created if needed."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    """`write_text_atomic` of pretty-printed JSON; NaN (an undefined value) is written as null."""
+    write_text_atomic(path, json.dumps(_nan_to_none(data), indent=2, allow_nan=False) + "\n")
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_none(v) for v in value]
+    return value
 
 
 def fsync_directory(directory: str | os.PathLike[str]) -> None:

@@ -306,7 +306,6 @@ def _download(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from ewc.data import DataFileError, DatasetNotFoundError
     from ewc.experiment.config import ConfigError
-    from ewc.experiment.progress import for_stream
     from ewc.experiment.runner import run_experiment
     from ewc.experiment.storage.checkpoint import CheckpointError
     from ewc.experiment.storage.rundir import RunDirectoryError
@@ -314,11 +313,8 @@ def _run(args: argparse.Namespace) -> int:
     run_dir = None
     try:
         config, run_dir = _run_config_and_dir(args)
-        progress = None if args.quiet else for_stream()
         resume = args.resume is not None
-        result = run_experiment(
-            config, run_dir, resume=resume, jobs=args.jobs, progress=progress, quiet=args.quiet
-        )
+        result = run_experiment(config, run_dir, resume=resume, jobs=args.jobs, quiet=args.quiet)
     except (
         ConfigError,
         RunDirectoryError,
@@ -376,6 +372,8 @@ def _run_config_and_dir(args: argparse.Namespace) -> tuple[Any, Path]:
         return config, args.out or _fresh_run_dir(config.benchmark.name)
     if args.out is not None:
         raise ValueError("--out and --resume exclude each other: --resume names the run directory")
+    if RunDirectory(args.resume).is_unstarted():  # killed before config.json was complete
+        return resolve(args.config, overrides), args.resume
     recorded = RunDirectory.open(args.resume).read_config()["config"]
     if args.config is not None or overrides:
         return resolve(args.config, overrides), args.resume

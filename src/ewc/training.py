@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,30 @@ from ewc._modes import evaluation_mode
 
 OutputFn = Callable[[Any], Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class Penalty(Protocol):
+    """A term added to the task loss, e.g. `ewc.EWC`, `ewc.L2`, or any ``lambda: ...``.
+
+    Calling it returns its value as a scalar tensor, differentiable in the model's parameters.
+    """
+
+    def __call__(self) -> Tensor:
+        """The penalty's value at the model's current parameters."""
+        ...
+
+
+@runtime_checkable
+class GradientPenalty(Penalty, Protocol):
+    """A `Penalty` that can also add its known gradient straight into ``.grad``.
+
+    `train_step` uses `add_gradient_` after the task loss's backward: the same update as
+    ``(loss + penalty()).backward()``, without building a graph for the penalty.
+    """
+
+    def add_gradient_(self) -> Tensor:
+        """Add the penalty's gradient into each parameter's ``.grad``; return its value."""
+        ...
 
 
 class StepLoss(NamedTuple):
@@ -49,7 +73,7 @@ def train_epoch(
     loader: Iterable[Any],
     optimizer: torch.optim.Optimizer,
     *,
-    penalty: Callable[[], Tensor] | None = None,
+    penalty: Penalty | None = None,
     loss_fn: LossFn = cross_entropy,
     output_fn: OutputFn | None = None,
 ) -> float:
@@ -88,23 +112,23 @@ def train_step(
     batch: Batch,
     optimizer: torch.optim.Optimizer,
     *,
-    penalty: Callable[[], Tensor] | None = None,
+    penalty: Penalty | None = None,
     loss_fn: LossFn = cross_entropy,
     output_fn: OutputFn | None = None,
 ) -> StepLoss:
     """One optimizer step on one batch (already on the model's device).
 
-    A penalty with an ``add_gradient_()`` method (`ewc.EWC`, `ewc.L2`) adds its gradient straight
-    into ``.grad`` after the task loss's backward: the same update as
-    ``(loss + penalty()).backward()`` for less work. The step is taken only when the total loss
-    is finite; otherwise `NonFiniteLossError` names the batch.
+    A `GradientPenalty` (`ewc.EWC`, `ewc.L2`) adds its gradient straight into ``.grad`` after the
+    task loss's backward: the same update as ``(loss + penalty()).backward()`` for less work. The
+    step is taken only when the total loss is finite, whatever the penalty (none included);
+    otherwise `NonFiniteLossError` names the batch and no parameter has moved.
     """
     logits = model_logits(model, batch, output_fn)
     if loss_fn is cross_entropy or loss_fn is F.cross_entropy:
         check_targets(logits, batch.targets, batch)
     task_loss = loss_fn(logits, batch.targets)
     optimizer.zero_grad(set_to_none=True)
-    if penalty is not None and hasattr(penalty, "add_gradient_"):
+    if isinstance(penalty, GradientPenalty):
         task_loss.backward()
         extra = penalty.add_gradient_()
     else:
@@ -150,9 +174,12 @@ def _device(model: nn.Module) -> torch.device | None:
 
 def _describe_non_finite(batch: Batch, task_loss: Tensor, penalty: Tensor | None) -> str:
     parts = f"task loss {float(task_loss.detach())}"
-    if penalty is not None:
+    if penalty is None:
+        hint = "the learning rate is likely too large for this model: lower it"
+    else:
         parts += f", penalty {float(penalty.detach())}"
-    return (
-        f"batch {batch.index}: the loss is not finite ({parts}); the step was not taken. "
-        "A large strength × Fisher with plain SGD diverges: lower the learning rate or the strength"
-    )
+        hint = (
+            "a large strength × Fisher with plain SGD diverges: lower the learning rate or "
+            "the strength"
+        )
+    return f"batch {batch.index}: the loss is not finite ({parts}); the step was not taken. {hint}"

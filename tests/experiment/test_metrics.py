@@ -21,6 +21,7 @@ from ewc.experiment.metrics import (
     forgetting,
     forward_transfer,
     mean_and_sem,
+    mean_matrix,
     summarize,
 )
 
@@ -336,3 +337,31 @@ def test_mean_and_sem_errors() -> None:
         mean_and_sem([True])
     with pytest.raises(TypeError, match=r"values\[0\] must be a real number; got NoneType"):
         mean_and_sem([None])
+
+
+def test_the_seed_mean_matrix_averages_what_is_present():
+    first = [[0.1, 0.1], [0.9, 0.2], [0.8, 0.9]]
+    second = [[0.3, 0.1], [0.7, None], [0.6, 0.7]]
+    mean = mean_matrix([first, second])
+    expected = [[0.2, 0.1], [0.8, 0.2], [0.7, 0.8]]
+    assert all(row == pytest.approx(e) for row, e in zip(mean, expected, strict=True))
+    assert mean_matrix([[[None]]]) == [[None]]
+    with pytest.raises(ValueError, match="different shapes"):
+        mean_matrix([first, first[:2]])
+    with pytest.raises(ValueError, match="at least one"):
+        mean_matrix([])
+
+
+def test_summarize_checks_the_matrix_once(monkeypatch):
+    import ewc.experiment.metrics as module
+
+    calls = []
+    checked = module._validated
+
+    def counting(R):
+        calls.append(R)
+        return checked(R)
+
+    monkeypatch.setattr(module, "_validated", counting)
+    summarize([[0.1, 0.1], [0.9, 0.2], [0.8, 0.9]])
+    assert len(calls) == 1

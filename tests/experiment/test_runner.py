@@ -11,11 +11,13 @@ import torch
 import ewc.experiment.cell
 from ewc.data import ImageDataset
 from ewc.experiment.config import resolve
+from ewc.experiment.outcome import CellOutcome, Divergence
 from ewc.experiment.progress import Progress
 from ewc.experiment.runner import run_experiment
 from ewc.experiment.schedules import lr_factor
-from ewc.experiment.storage.checkpoint import load_checkpoint
+from ewc.experiment.storage.checkpoint import load_checkpoint, save_checkpoint
 from ewc.experiment.storage.rundir import Cell, RunDirectory, RunDirectoryError
+from ewc.report import load_run
 from ewc.training import train_step
 
 
@@ -202,8 +204,8 @@ def test_divergence_is_reported_and_the_other_strategies_finish(tmp_path):
 
 
 def test_unknown_strategies_are_refused_before_any_training(tmp_path):
-    with pytest.raises(ValueError, match=r"compare names \['si'\] but only"):
-        run_experiment(tiny_config('compare=["si"]'), tmp_path / "run", data=learnable_digits())
+    with pytest.raises(ValueError, match=r"compare names \['lwf'\] but only"):
+        run_experiment(tiny_config('compare=["lwf"]'), tmp_path / "run", data=learnable_digits())
     with pytest.raises(ValueError, match="strategy 'mine' has unknown type 'lwf'"):
         run_experiment(
             tiny_config('strategies.mine={type="lwf"}', 'compare=["mine"]'),
@@ -227,3 +229,59 @@ def test_two_worker_processes_give_the_same_results(tmp_path):
 def test_run_directory_refuses_a_folder_without_config(tmp_path):
     with pytest.raises(RunDirectoryError, match=r"has no config\.json"):
         RunDirectory.open(tmp_path)
+
+
+def test_a_checkpoint_without_a_schedule_state_still_resumes_bitwise(tmp_path):
+    """Checkpoints written before the schedule was a `LambdaLR` hold no "scheduler" entry."""
+    data = learnable_digits()
+    config = tiny_config(
+        'compare=["ewc"]', "training.lr_schedule=cosine", "training.warmup_steps=7"
+    )
+    reference = run_experiment(config, tmp_path / "whole", data=data)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, tmp_path / "cut", data=data, progress=StopAfter(8))
+    folder = tmp_path / "cut" / "cells" / "seed0-ewc" / "checkpoints"
+    for path in folder.glob("*.safetensors"):
+        state = load_checkpoint(path)
+        assert "scheduler" in state
+        del state["scheduler"]
+        save_checkpoint(path, state)
+    resumed = run_experiment(config, tmp_path / "cut", resume=True, data=data)
+    assert resumed.matrices == reference.matrices
+    whole, cut = (final_parameters(tmp_path / p, Cell(0, "ewc")) for p in ("whole", "cut"))
+    assert all(torch.equal(whole[name], cut[name]) for name in whole)
+
+
+def test_finetune_stops_at_a_non_finite_loss_and_every_file_says_where(tmp_path):
+    config = tiny_config("training.optimizer=sgd", "training.lr=1e12", 'compare=["finetune"]')
+    result = run_experiment(config, tmp_path / "run", data=learnable_digits())
+    (message,) = result.diverged.values()
+    assert message.startswith("task 1, epoch 1, step ")
+    assert "the loss is not finite" in message
+    assert "lower it" in message  # no penalty: the learning rate is to blame
+    (outcome,) = result.outcomes
+    assert outcome.rows is None
+    assert outcome.divergence is not None
+    (diverged,) = [e for e in events(tmp_path / "run") if e["event"] == "diverged"]
+    assert (diverged["task"], diverged["step"]) == (1, outcome.divergence.step)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["diverged"]["seed0-finetune"]["step"] == outcome.divergence.step
+    assert "seed0-finetune" in summary["incomplete"]
+    problems = load_run(tmp_path / "run").problems
+    where = f"seed 0 · finetune diverged at task 1, step {outcome.divergence.step}"
+    assert any(p.startswith(where) for p in problems)
+    assert not any(p.startswith("summary.json leaves out seed0-finetune") for p in problems)
+
+
+def test_bad_jobs_create_nothing(tmp_path):
+    with pytest.raises(ValueError, match="jobs must be a positive integer; got 0"):
+        run_experiment(tiny_config(), tmp_path / "run", jobs=0, data=learnable_digits())
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_outcome_is_rows_or_a_divergence():
+    with pytest.raises(ValueError, match="either rows or a divergence"):
+        CellOutcome(Cell(0, "ewc"))
+    old = Divergence.from_json({"message": "task 2, epoch 1, step 37: batch 3: not finite"})
+    assert old == Divergence(2, 1, 37, "batch 3: not finite")
+    assert Divergence.from_json(old.to_json()) == old

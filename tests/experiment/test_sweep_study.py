@@ -105,6 +105,7 @@ def test_tpe_runs_its_budget_and_minimises_forgetting(tmp_path):
 
 def test_a_diverged_seed_fails_the_trial(tmp_path, monkeypatch):
     from ewc.experiment import runner
+    from ewc.experiment.outcome import CellOutcome, Divergence
     from ewc.experiment.storage.rundir import Cell
     from ewc.experiment.sweep import trial as trial_module
 
@@ -112,8 +113,8 @@ def test_a_diverged_seed_fails_the_trial(tmp_path, monkeypatch):
 
     def one_seed_diverges(config, run_dir, **kwargs):  # seed 1 "diverged": only seed 0 counts
         result = real(dataclasses.replace(config, seeds=[0]), run_dir, **kwargs)
-        diverged = {Cell(1, "ewc"): "task 2, epoch 1, step 3: the loss is nan"}
-        return dataclasses.replace(result, diverged=diverged)
+        diverged = CellOutcome(Cell(1, "ewc"), divergence=Divergence(2, 1, 3, "the loss is nan"))
+        return dataclasses.replace(result, outcomes=(*result.outcomes, diverged))
 
     monkeypatch.setattr(trial_module, "run_experiment", one_seed_diverges)
     study = optuna.create_study(direction="maximize")

@@ -4,28 +4,45 @@ A cell starts from the run's initial weights for its seed, trains task 1, 2, …
 evaluates on every task every ``eval_every`` steps (the curves) and after each task (one row of the
 accuracy matrix R, whose row 0 is the untrained model), and lets its strategy consolidate after
 each task. It checkpoints after every task and every ``checkpoint_every`` steps: model, optimizer,
-strategy state, random generator states, the position in the data and the results so far, so a
-resumed cell continues bitwise as if it had never stopped (CPU, same thread count).
+learning-rate schedule, strategy state, random generator states, the position in the data and the
+results so far, so a resumed cell continues bitwise as if it had never stopped (CPU, same thread
+count). A non-finite loss stops the cell at that step (`Divergence`); the other cells go on.
+
+The parts, each with one job: `CellState` (what a checkpoint holds), `Evaluator` (accuracy on
+every task), `CellLog` (events and progress), `CheckpointPolicy` (when and what to save, and the
+restore), and the loop itself, `run_cell` and the functions below it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
+from ewc._atomic import write_json_atomic
 from ewc._batches import Batch
 from ewc.experiment.config import Optimizer, RunConfig
 from ewc.experiment.models import build_model
+from ewc.experiment.outcome import CellOutcome, Divergence
 from ewc.experiment.progress import Progress
-from ewc.experiment.schedules import lr_factor
+from ewc.experiment.schedules import task_lr_scheduler
 from ewc.experiment.storage.checkpoint import CheckpointStore
-from ewc.experiment.storage.rundir import Cell, EventLog, RunDirectory, write_json_atomic
-from ewc.experiment.strategies import StrategyFactory, TaskContext, build_strategy
+from ewc.experiment.storage.events import (
+    DivergedEvent,
+    EvalEvent,
+    EventLog,
+    NoteEvent,
+    TaskEndEvent,
+    TrainEvent,
+)
+from ewc.experiment.storage.rundir import Cell, RunDirectory
+from ewc.experiment.strategies import Strategy, StrategyFactory, TaskContext, build_strategy
 from ewc.experiment.streams.benchmarks import TaskStream, TensorBatches
 from ewc.training import NonFiniteLossError, evaluate, train_step
 
@@ -44,189 +61,31 @@ class Position:
     losses: int = 0
 
 
-class CellRun:
-    """The state of one cell while it trains (see the module docstring)."""
+@dataclass
+class CellState:
+    """Everything that changes while a cell trains, and what a checkpoint saves of it.
 
-    def __init__(
-        self,
-        config: RunConfig,
-        stream: TaskStream,
-        run_dir: RunDirectory,
-        cell: Cell,
-        factories: Mapping[str, StrategyFactory],
-        progress: Progress,
-    ):
-        self.config, self.stream, self.run_dir, self.cell = config, stream, run_dir, cell
-        self.config_hash = config.hash()
-        self.progress = progress
-        self.device = torch.device(config.training.device)
-        self.model = _initial_model(config, stream, cell.seed).to(self.device)
-        self.strategy = build_strategy(
-            cell.strategy, config.strategies[cell.strategy], self.model, factories
-        )
-        self.optimizer = _optimizer(config, self.model)
-        self.data_generator = torch.Generator().manual_seed(derived_seed(cell.seed, "data order"))
-        self.epoch_generator_state = self.data_generator.get_state()
-        self.strategy_generator = torch.Generator().manual_seed(derived_seed(cell.seed, "strategy"))
-        self.position = Position()
-        self.store = CheckpointStore(run_dir.checkpoint_dir(cell), keep=2)
-        self.log = EventLog(run_dir.events_path(cell))
+    ``scheduler`` is the current task's learning-rate schedule (None between tasks);
+    ``scheduler_state`` is a restored schedule waiting for its task to resume.
+    """
 
-    def run(self) -> list[list[float]]:
-        """Train (or finish training) the cell; return its accuracy matrix.
+    model: nn.Module
+    strategy: Strategy
+    optimizer: torch.optim.Optimizer
+    data_generator: torch.Generator
+    strategy_generator: torch.Generator
+    epoch_generator_state: torch.Tensor
+    position: Position = field(default_factory=Position)
+    scheduler: LRScheduler | None = None
+    scheduler_state: dict[str, Any] | None = None
 
-        Raises:
-            CellDiverged: the loss became non-finite; a note event and ``diverged.json`` record
-                where, and the last good checkpoint is kept.
-        """
-        try:
-            if not self._restore():
-                self._start()
-            self.progress.cell_started(self.cell, self.stream.num_tasks)
-            while self.position.task < self.stream.num_tasks:
-                self._train_task()
-            return self.position.rows
-        except CellDiverged as error:
-            self._event("note", message=f"diverged: {error}")
-            self.progress.note(self.cell, f"diverged: {error}")
-            write_json_atomic(
-                self.run_dir.cell_dir(self.cell) / "diverged.json", {"message": str(error)}
-            )
-            raise
-        finally:
-            self.log.close()
-
-    def _start(self) -> None:
-        self.log.truncate(0)
-        self.position.rows.append(self._evaluate_all())
-        self._event("task_end", task=0, accuracies=self.position.rows[0])
-        self._checkpoint()
-
-    def _train_task(self) -> None:
-        task, training = self.position.task, self.config.training
-        batches = self._train_batches(task)
-        self.model.train()
-        while self.position.epoch < training.epochs:
-            self.epoch_generator_state = self.data_generator.get_state()
-            for index, (inputs, targets) in enumerate(batches):
-                if index >= self.position.batch:
-                    batch = Batch(index, inputs.to(self.device), targets.to(self.device))
-                    self._step(batch, len(batches))
-            self.position.epoch, self.position.batch = self.position.epoch + 1, 0
-        self._finish_task(task)
-
-    def _step(self, batch: Batch, num_batches: int) -> None:
-        position, training = self.position, self.config.training
-        self._set_lr(position.epoch * num_batches + batch.index, training.epochs * num_batches)
-        try:
-            loss = train_step(
-                self.model,
-                batch,
-                self.optimizer,
-                penalty=self.strategy.penalty(),
-                output_fn=self.stream.output_fn(position.task),
-            )
-        except NonFiniteLossError as error:
-            task, epoch, step = position.task + 1, position.epoch + 1, position.step + 1
-            where = f"task {task}, epoch {epoch}, step {step}"
-            raise CellDiverged(f"{where}: {error}") from error
-        position.step, position.batch = position.step + 1, batch.index + 1
-        position.loss_sum += loss.total
-        position.penalty_sum += loss.penalty or 0.0
-        position.losses += 1
-        self.progress.step(
-            self.cell, position.task, position.epoch, batch.index, num_batches, loss.total
-        )
-        if training.eval_every and position.step % training.eval_every == 0:
-            self._log_training()
-            self._event("eval", task=position.task + 1, accuracies=self._evaluate_all())
-        if self.config.checkpoint_every and position.step % self.config.checkpoint_every == 0:
-            self._checkpoint()
-
-    def _set_lr(self, step_in_task: int, steps_in_task: int) -> None:
-        """The schedule's rate for this step (`.schedules`): a function of the position only."""
-        training = self.config.training
-        factor = lr_factor(training.lr_schedule, step_in_task, steps_in_task, training.warmup_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = training.lr * factor
-
-    def _finish_task(self, task: int) -> None:
-        self._log_training()
-        row = self._evaluate_all()
-        self.position.rows.append(row)
-        self._event("task_end", task=task + 1, accuracies=row)
-        self.progress.task_done(self.cell, task, row)
-        for note in self.strategy.after_task(self._context(task)):
-            self._event("note", message=note)
-            self.progress.note(self.cell, note)
-        self.position.task, self.position.epoch, self.position.batch = task + 1, 0, 0
-        self.epoch_generator_state = self.data_generator.get_state()  # the next epoch starts here
-        if self.config.training.reset_optimizer:
-            self.optimizer = _optimizer(self.config, self.model)
-        self._checkpoint()
-
-    def _context(self, task: int) -> TaskContext:
-        data = self.stream.tasks[task]
-        batches = TensorBatches(
-            data.train_inputs,
-            data.train_targets,
-            batch_size=self.config.training.eval_batch_size,
-            shuffle=True,
-            generator=self.strategy_generator,
-        )
-        return TaskContext(
-            model=self.model,
-            task=task,
-            train_batches=batches,
-            output_fn=self.stream.output_fn(task),
-            generator=self.strategy_generator,
-            optimizer=self.config.training.optimizer,
-            lr=self.config.training.lr,
-        )
-
-    def _train_batches(self, task: int) -> TensorBatches:
-        data = self.stream.tasks[task]
-        return TensorBatches(
-            data.train_inputs,
-            data.train_targets,
-            batch_size=self.config.training.batch_size,
-            shuffle=True,
-            generator=self.data_generator,
-        )
-
-    def _evaluate_all(self) -> list[float]:
-        size = self.config.training.eval_batch_size
-        return [
-            evaluate(
-                self.model,
-                TensorBatches(task.test_inputs, task.test_targets, batch_size=size),
-                output_fn=self.stream.output_fn(j),
-            )
-            for j, task in enumerate(self.stream.tasks)
-        ]
-
-    def _log_training(self) -> None:
-        position = self.position
-        if position.losses:
-            mean_loss, mean_penalty = (
-                position.loss_sum / position.losses,
-                position.penalty_sum / position.losses,
-            )
-            self._event("train", task=position.task + 1, loss=mean_loss, penalty=mean_penalty)
-        position.loss_sum, position.penalty_sum, position.losses = 0.0, 0.0, 0
-
-    def _event(self, kind: str, **fields: Any) -> None:
-        event = {"event": kind, "seed": self.cell.seed, "strategy": self.cell.strategy}
-        self.log.append({**event, "step": self.position.step, **fields})
-
-    def _checkpoint(self) -> None:
-        state = {
-            "config_hash": self.config_hash,
-            "cell": asdict(self.cell),
+    def state_dict(self) -> dict[str, Any]:
+        """The training state as a checkpoint tree (`ewc.experiment.storage.checkpoint`)."""
+        return {
             "position": asdict(self.position),
-            "events_length": self.log.durable_length(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "strategy": self.strategy.state_dict(),
             "rng": {
                 "epoch_data": self.epoch_generator_state,
@@ -234,51 +93,322 @@ class CellRun:
                 "torch": torch.get_rng_state(),
             },
         }
-        self.store.save(state, self.position.step)
 
-    def _restore(self) -> bool:
-        latest = self.store.load_latest()
-        if latest is None:
-            return False
-        _, state = latest
-        if state["config_hash"] != self.config_hash:
-            raise ValueError(f"checkpoint of cell {self.cell.key} belongs to another config")
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore `state_dict`'s tree; one without a schedule (older runs) derives it."""
         self.position = Position(**state["position"])
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler_state = state.get("scheduler")
         self.strategy.load_state_dict(state["strategy"])
         self.data_generator.set_state(state["rng"]["epoch_data"])
+        self.epoch_generator_state = state["rng"]["epoch_data"]
         self.strategy_generator.set_state(state["rng"]["strategy"])
         torch.set_rng_state(state["rng"]["torch"])
-        self.log.truncate(state["events_length"])
+
+
+class Evaluator:
+    """Test accuracy of a model on every task of a stream, in task order."""
+
+    def __init__(self, stream: TaskStream, batch_size: int):
+        """Evaluate on ``stream``'s test sets in batches of ``batch_size``."""
+        self.stream, self.batch_size = stream, batch_size
+
+    def __call__(self, model: nn.Module) -> list[float]:
+        """One accuracy in [0, 1] per task (`ewc.training.evaluate`)."""
+        return [
+            evaluate(
+                model,
+                TensorBatches(task.test_inputs, task.test_targets, batch_size=self.batch_size),
+                output_fn=self.stream.output_fn(j),
+            )
+            for j, task in enumerate(self.stream.tasks)
+        ]
+
+
+class CellLog:
+    """A cell's events: appended to its event log (`.storage.events`) and shown as progress."""
+
+    def __init__(self, log: EventLog, cell: Cell, progress: Progress):
+        """Write ``cell``'s events to ``log`` and tell ``progress``."""
+        self.log, self.cell, self.progress = log, cell, progress
+
+    def task_end(self, step: int, task: int, row: list[float]) -> None:
+        """Row ``task`` of R (0: the untrained model)."""
+        self.log.append(TaskEndEvent(self.cell.seed, self.cell.strategy, step, task, tuple(row)))
+        if task:
+            self.progress.task_done(self.cell, task - 1, row)
+
+    def evaluation(self, step: int, task: int, row: list[float]) -> None:
+        """An evaluation while training ``task`` (1-based)."""
+        self.log.append(EvalEvent(self.cell.seed, self.cell.strategy, step, task, tuple(row)))
+        self.progress.evaluated(self.cell, task - 1, row)
+
+    def training(self, position: Position) -> None:
+        """The mean loss and penalty since the last call, if any step was taken since."""
+        if position.losses:
+            loss = position.loss_sum / position.losses
+            penalty = position.penalty_sum / position.losses
+            seed, strategy = self.cell.seed, self.cell.strategy
+            self.log.append(
+                TrainEvent(seed, strategy, position.step, position.task + 1, loss, penalty)
+            )
+        position.loss_sum, position.penalty_sum, position.losses = 0.0, 0.0, 0
+
+    def note(self, step: int, message: str) -> None:
+        """A message for the user."""
+        self.log.append(NoteEvent(self.cell.seed, self.cell.strategy, step, message))
+        self.progress.note(self.cell, message)
+
+    def diverged(self, divergence: Divergence) -> None:
+        """The cell stops: its loss became non-finite (a note for readers, and the typed event)."""
+        self.note(divergence.step, f"diverged: {divergence}")
+        seed, strategy = self.cell.seed, self.cell.strategy
+        d = divergence
+        self.log.append(DivergedEvent(seed, strategy, d.step, d.task, d.epoch, d.message))
+
+
+class CheckpointPolicy:
+    """When a cell checkpoints (every ``every`` steps and after each task) and how it restores."""
+
+    def __init__(self, store: CheckpointStore, every: int, config_hash: str, cell: Cell):
+        """Save into ``store``; ``every`` = 0 saves only after tasks."""
+        self.store, self.every, self.config_hash, self.cell = store, every, config_hash, cell
+
+    def due(self, step: int) -> bool:
+        """Whether step ``step`` (1-based count) ends with a checkpoint."""
+        return bool(self.every) and step % self.every == 0
+
+    def save(self, state: CellState, log: EventLog) -> None:
+        """Save ``state`` with the event log's durable length (what a resume cuts it back to)."""
+        tree = {
+            "config_hash": self.config_hash,
+            "cell": asdict(self.cell),
+            "events_length": log.durable_length(),
+            **state.state_dict(),
+        }
+        self.store.save(tree, state.position.step)
+
+    def restore(self, state: CellState, log: EventLog) -> bool:
+        """Load the newest readable checkpoint into ``state``; False if there is none.
+
+        Raises:
+            ValueError: the checkpoint belongs to another config.
+        """
+        latest = self.store.load_latest()
+        if latest is None:
+            return False
+        _, tree = latest
+        if tree["config_hash"] != self.config_hash:
+            raise ValueError(f"checkpoint of cell {self.cell.key} belongs to another config")
+        state.load_state_dict(tree)
+        log.truncate(tree["events_length"])
         return True
 
 
-class CellDiverged(RuntimeError):
-    """Training a cell produced a non-finite loss; the message names the task and step."""
+class _Parts(NamedTuple):
+    """What the loop functions share: read-only settings and the parts they call."""
+
+    config: RunConfig
+    stream: TaskStream
+    state: CellState
+    evaluate: Evaluator
+    log: CellLog
+    checkpoints: CheckpointPolicy
+    progress: Progress
+
+
+def run_cell(
+    config: RunConfig,
+    stream: TaskStream,
+    run_dir: RunDirectory,
+    cell: Cell,
+    factories: Mapping[str, StrategyFactory],
+    progress: Progress,
+) -> CellOutcome:
+    """Train (or finish training, or read the result of) one cell; return its outcome.
+
+    A cell that diverged before (its ``diverged.json``) is not trained again.
+    """
+    marker = run_dir.diverged_path(cell)
+    if marker.exists():
+        record = json.loads(marker.read_text(encoding="utf-8"))
+        return CellOutcome(cell, divergence=Divergence.from_json(record))
+    state = _initial_state(config, stream, cell, factories)
+    events = EventLog(run_dir.events_path(cell))
+    store = CheckpointStore(run_dir.checkpoint_dir(cell), keep=2)
+    checkpoints = CheckpointPolicy(store, config.checkpoint_every, config.hash(), cell)
+    evaluator = Evaluator(stream, config.training.eval_batch_size)
+    log = CellLog(events, cell, progress)
+    parts = _Parts(config, stream, state, evaluator, log, checkpoints, progress)
+    try:
+        outcome = _train_cell(parts)
+    finally:
+        events.close()
+    if outcome.divergence is not None:
+        write_json_atomic(marker, outcome.divergence.to_json())
+    return outcome
+
+
+def _train_cell(parts: _Parts) -> CellOutcome:
+    """The loop over tasks, from the start or from the newest checkpoint."""
+    state, cell, events = parts.state, parts.log.cell, parts.log.log
+    if not parts.checkpoints.restore(state, events):
+        events.truncate(0)
+        state.position.rows.append(parts.evaluate(state.model))
+        parts.log.task_end(0, 0, state.position.rows[0])
+        parts.checkpoints.save(state, parts.log.log)
+    parts.progress.cell_started(cell, parts.stream.num_tasks)
+    while state.position.task < parts.stream.num_tasks:
+        try:
+            _train_task(parts)
+        except NonFiniteLossError as error:
+            position = state.position
+            divergence = Divergence(
+                position.task + 1, position.epoch + 1, position.step + 1, str(error)
+            )
+            parts.log.diverged(divergence)
+            return CellOutcome(cell, divergence=divergence)
+        _finish_task(parts)
+    return CellOutcome(cell, rows=state.position.rows)
+
+
+def _train_task(parts: _Parts) -> None:
+    """Train the current task's remaining epochs and batches."""
+    state, training = parts.state, parts.config.training
+    batches = _batches(parts, state.position.task, training.batch_size, state.data_generator)
+    steps = training.epochs * len(batches)
+    state.scheduler = scheduler = task_lr_scheduler(
+        state.optimizer,
+        training.lr_schedule,
+        training.lr,
+        steps,
+        warmup_steps=training.warmup_steps,
+        start=state.position.epoch * len(batches) + state.position.batch,
+        state=state.scheduler_state,
+    )
+    state.scheduler_state = None
+    parts.progress.task_started(parts.log.cell, state.position.task, steps, scheduler.last_epoch)
+    state.model.train()
+    device = next(state.model.parameters()).device
+    while state.position.epoch < training.epochs:
+        state.epoch_generator_state = state.data_generator.get_state()
+        for index, (inputs, targets) in enumerate(batches):
+            if index >= state.position.batch:
+                batch = Batch(index, inputs.to(device), targets.to(device))
+                _step(parts, scheduler, batch, len(batches))
+        state.position.epoch, state.position.batch = state.position.epoch + 1, 0
+
+
+def _step(parts: _Parts, scheduler: LRScheduler, batch: Batch, num_batches: int) -> None:
+    """One optimizer step, then the evaluation and checkpoint it is due for."""
+    state, training = parts.state, parts.config.training
+    position = state.position
+    loss = train_step(
+        state.model,
+        batch,
+        state.optimizer,
+        penalty=state.strategy.penalty(),
+        output_fn=parts.stream.output_fn(position.task),
+    )
+    scheduler.step()
+    position.step, position.batch = position.step + 1, batch.index + 1
+    position.loss_sum += loss.total
+    position.penalty_sum += loss.penalty or 0.0
+    position.losses += 1
+    parts.progress.step(
+        parts.log.cell, position.task, position.epoch, batch.index, num_batches, loss.total
+    )
+    if training.eval_every and position.step % training.eval_every == 0:
+        parts.log.training(position)
+        parts.log.evaluation(position.step, position.task + 1, parts.evaluate(state.model))
+    if parts.checkpoints.due(position.step):
+        parts.checkpoints.save(state, parts.log.log)
+
+
+def _finish_task(parts: _Parts) -> None:
+    """Evaluate (a row of R), let the strategy consolidate, move to the next task, checkpoint."""
+    state, config = parts.state, parts.config
+    task, position = state.position.task, state.position
+    parts.log.training(position)
+    row = parts.evaluate(state.model)
+    position.rows.append(row)
+    parts.log.task_end(position.step, task + 1, row)
+    for note in state.strategy.after_task(_context(parts, task)):
+        parts.log.note(position.step, note)
+    position.task, position.epoch, position.batch = task + 1, 0, 0
+    state.epoch_generator_state = state.data_generator.get_state()  # the next epoch starts here
+    state.scheduler = None  # the next task starts its own schedule
+    if config.training.reset_optimizer:
+        state.optimizer = _optimizer(config, state.model)
+    parts.checkpoints.save(state, parts.log.log)
+
+
+def _context(parts: _Parts, task: int) -> TaskContext:
+    """What a strategy sees after ``task``: the model, the task's data, its own generator."""
+    state, training = parts.state, parts.config.training
+    return TaskContext(
+        model=state.model,
+        task=task,
+        train_batches=_batches(parts, task, training.eval_batch_size, state.strategy_generator),
+        output_fn=parts.stream.output_fn(task),
+        generator=state.strategy_generator,
+        optimizer=training.optimizer,
+        lr=training.lr,
+    )
+
+
+def _batches(parts: _Parts, task: int, size: int, generator: torch.Generator) -> TensorBatches:
+    """``task``'s training set in shuffled batches drawn with ``generator``."""
+    data = parts.stream.tasks[task]
+    return TensorBatches(
+        data.train_inputs, data.train_targets, batch_size=size, shuffle=True, generator=generator
+    )
+
+
+def _initial_state(
+    config: RunConfig, stream: TaskStream, cell: Cell, factories: Mapping[str, StrategyFactory]
+) -> CellState:
+    """The cell's state before training: the seed's initial weights and fresh generators."""
+    model = _initial_model(config, stream, cell.seed)
+    strategy = build_strategy(cell.strategy, config.strategies[cell.strategy], model, factories)
+    data_generator = torch.Generator().manual_seed(derived_seed(cell.seed, "data order"))
+    return CellState(
+        model=model,
+        strategy=strategy,
+        optimizer=_optimizer(config, model),
+        data_generator=data_generator,
+        strategy_generator=torch.Generator().manual_seed(derived_seed(cell.seed, "strategy")),
+        epoch_generator_state=data_generator.get_state(),
+    )
 
 
 def derived_seed(seed: int, purpose: str) -> int:
-    """A seed for one purpose of a run seed, so that generators of different purposes never share
-    a stream (seed 0's "strategy" stream is not seed 1's "data order" stream)."""
+    """A seed for one purpose of a run seed (SHA-256 of ``"<seed>:<purpose>"``).
+
+    Generators of different purposes never share a stream: seed 0's "strategy" stream is not
+    seed 1's "data order" stream.
+    """
     digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def _initial_model(config: RunConfig, stream: TaskStream, seed: int) -> nn.Module:
-    """The seed's initial weights: the same for every strategy of the seed."""
-    return build_model(
+    """The seed's initial weights, on the configured device: the same for every strategy."""
+    model = build_model(
         config.model.name,
         num_outputs=stream.num_outputs,
         heads=stream.heads,
         hidden=tuple(config.model.hidden),
         seed=seed,
     )
+    return model.to(torch.device(config.training.device))
 
 
 _OPTIMIZERS = {Optimizer.ADAM: torch.optim.Adam, Optimizer.SGD: torch.optim.SGD}
 
 
 def _optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The configured optimizer over the model's parameters."""
     training = config.training
     return _OPTIMIZERS[Optimizer.parse(training.optimizer)](model.parameters(), lr=training.lr)

@@ -32,6 +32,9 @@ from typing import NamedTuple, TypeAlias
 
 import torch
 
+METRICS = ("ACC", "BWT", "FWT", "forgetting")
+"""The names of the scalar metrics :func:`summarize` returns, in the order tables show them."""
+
 AccuracyMatrix: TypeAlias = torch.Tensor | Sequence[Sequence[float]]
 """A ``(T + 1, T)`` accuracy matrix: a 2-D tensor or a sequence of rows of floats."""
 
@@ -58,7 +61,10 @@ def average_accuracy(R: AccuracyMatrix) -> float:
         TypeError: ``R`` is not a matrix of real numbers.
         ValueError: ``R`` is not ``(T + 1, T)`` with ``T >= 1``, or an entry is not in [0, 1].
     """
-    rows = _validated(R)
+    return _average_accuracy(_validated(R))
+
+
+def _average_accuracy(rows: list[list[float]]) -> float:
     tasks = len(rows) - 1
     return math.fsum(rows[tasks]) / tasks
 
@@ -80,7 +86,10 @@ def backward_transfer(R: AccuracyMatrix) -> float:
         TypeError: ``R`` is not a matrix of real numbers.
         ValueError: ``R`` is not ``(T + 1, T)`` with ``T >= 1``, or an entry is not in [0, 1].
     """
-    rows = _validated(R)
+    return _backward_transfer(_validated(R))
+
+
+def _backward_transfer(rows: list[list[float]]) -> float:
     tasks = len(rows) - 1
     if tasks == 1:
         return math.nan
@@ -105,7 +114,10 @@ def forward_transfer(R: AccuracyMatrix) -> float:
         TypeError: ``R`` is not a matrix of real numbers.
         ValueError: ``R`` is not ``(T + 1, T)`` with ``T >= 1``, or an entry is not in [0, 1].
     """
-    rows = _validated(R)
+    return _forward_transfer(_validated(R))
+
+
+def _forward_transfer(rows: list[list[float]]) -> float:
     tasks = len(rows) - 1
     if tasks == 1:
         return math.nan
@@ -138,7 +150,10 @@ def forgetting(R: AccuracyMatrix, after: int | None = None) -> list[float]:
             ``after`` is not in 1..T.
     """
     rows = _validated(R)
-    k = _task_number(after, len(rows) - 1)
+    return _forgetting(rows, _task_number(after, len(rows) - 1))
+
+
+def _forgetting(rows: list[list[float]], k: int) -> list[float]:
     return [max(rows[i][j - 1] for i in range(j, k)) - rows[k][j - 1] for j in range(1, k)]
 
 
@@ -159,7 +174,12 @@ def average_forgetting(R: AccuracyMatrix, after: int | None = None) -> float:
         ValueError: ``R`` is not ``(T + 1, T)`` with ``T >= 1``, an entry is not in [0, 1], or
             ``after`` is not in 1..T.
     """
-    values = forgetting(R, after)
+    rows = _validated(R)
+    return _average_forgetting(rows, _task_number(after, len(rows) - 1))
+
+
+def _average_forgetting(rows: list[list[float]], k: int) -> float:
+    values = _forgetting(rows, k)
     return math.fsum(values) / len(values) if values else math.nan
 
 
@@ -178,12 +198,12 @@ def summarize(R: AccuracyMatrix) -> dict[str, float]:
         TypeError: ``R`` is not a matrix of real numbers.
         ValueError: ``R`` is not ``(T + 1, T)`` with ``T >= 1``, or an entry is not in [0, 1].
     """
-    rows = _validated(R)
+    rows = _validated(R)  # once: the helpers below trust it
     return {
-        "ACC": average_accuracy(rows),
-        "BWT": backward_transfer(rows),
-        "FWT": forward_transfer(rows),
-        "forgetting": average_forgetting(rows),
+        "ACC": _average_accuracy(rows),
+        "BWT": _backward_transfer(rows),
+        "FWT": _forward_transfer(rows),
+        "forgetting": _average_forgetting(rows, len(rows) - 1),
     }
 
 
@@ -212,6 +232,37 @@ def mean_and_sem(values: Iterable[float] | torch.Tensor) -> MeanSEM:
         return MeanSEM(mean, math.nan)
     variance = math.fsum((x - mean) ** 2 for x in numbers_) / (count - 1)
     return MeanSEM(mean, math.sqrt(variance / count))
+
+
+def mean_matrix(
+    matrices: Sequence[Sequence[Sequence[float | None]]],
+) -> list[list[float | None]]:
+    """The entry-wise mean of accuracy matrices of equal shape (one per seed).
+
+    ``mean[i][j] = (1/n) Σ_s R_s[i, j]`` over the ``n`` seeds whose entry is not None (a value a
+    run did not reach); None where no seed has one. The sum is exact (`math.fsum`).
+
+    Args:
+        matrices: one ``(T + 1, T)`` matrix per seed, rows as sequences; at least one.
+
+    Raises:
+        ValueError: there are no matrices, or their shapes differ.
+    """
+    if not matrices:
+        raise ValueError("mean_matrix needs at least one accuracy matrix; got none")
+    shape = (len(matrices[0]), len(matrices[0][0]) if matrices[0] else 0)
+    for m in matrices:
+        if len(m) != shape[0] or any(len(row) != shape[1] for row in m):
+            raise ValueError(f"accuracy matrices of different shapes cannot be averaged: {shape}")
+    return [
+        [_mean_present([m[i][j] for m in matrices]) for j in range(shape[1])]
+        for i in range(shape[0])
+    ]
+
+
+def _mean_present(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return math.fsum(present) / len(present) if present else None
 
 
 def _validated(R: AccuracyMatrix) -> list[list[float]]:

@@ -10,7 +10,6 @@ checkpoint, and a config other than the recorded one is refused.
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing
 import os
 import platform
@@ -25,9 +24,10 @@ import torch
 
 from ewc._version import __version__
 from ewc.data import ImageDataset, load_dataset
-from ewc.experiment.cell import CellDiverged, CellRun
+from ewc.experiment.cell import run_cell
 from ewc.experiment.config import RunConfig
-from ewc.experiment.progress import LineProgress, Progress
+from ewc.experiment.outcome import CellOutcome
+from ewc.experiment.progress import LineProgress, Progress, make_progress
 from ewc.experiment.storage.rundir import Cell, RunDirectory, RunDirectoryError
 from ewc.experiment.strategies import BUILTIN_STRATEGIES, StrategyFactory, build_strategy
 from ewc.experiment.streams.benchmarks import TaskStream, build_stream
@@ -36,12 +36,21 @@ from ewc.experiment.summary import Summary, summarize
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a run produced: its directory, the matrices of its finished cells, and the summary."""
+    """What a run produced: its directory, each cell's outcome, and the summary."""
 
     run_dir: Path
-    matrices: dict[Cell, list[list[float]]]
-    diverged: dict[Cell, str]
+    outcomes: tuple[CellOutcome, ...]
     summary: Summary
+
+    @property
+    def matrices(self) -> dict[Cell, list[list[float]]]:
+        """The accuracy matrix of every cell that trained every task."""
+        return {o.cell: o.rows for o in self.outcomes if o.rows is not None}
+
+    @property
+    def diverged(self) -> dict[Cell, str]:
+        """Where and why each diverged cell stopped (``task t, epoch e, step s: ...``)."""
+        return {o.cell: str(o.divergence) for o in self.outcomes if o.divergence is not None}
 
 
 def run_experiment(
@@ -63,29 +72,35 @@ def run_experiment(
         resume: continue an interrupted run of the same config.
         jobs: worker processes; cells are independent, so they can train in parallel.
         strategies: strategy type → factory; extend `BUILTIN_STRATEGIES` to plug in new ones.
-        progress: where progress goes (default: plain lines on stderr).
+        progress: where progress goes (default: `make_progress` on stderr: a bar on a terminal,
+            plain lines otherwise).
         data: the data set to build tasks from, instead of the one the config names (e.g. your
             own images); its fingerprint is recorded, and a resume must pass the same data.
-        quiet: report no progress (``progress`` is ignored then).
+        quiet: without ``progress``, print only notes (warnings, divergences) and how the run
+            was started; worker processes follow it too.
+
+    Raises:
+        ValueError: a bad ``jobs`` or strategy setting (nothing is created on disk then).
+        RunDirectoryError: ``run_dir`` cannot be used as asked.
     """
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be a positive integer; got {jobs!r}")
-    progress = Progress() if quiet else progress or LineProgress()
+    _check_jobs(jobs)
+    progress = progress or make_progress(quiet=quiet)
     started = time.perf_counter()
     data = data if data is not None else load_data(config)
     _check_strategies(config, strategies)
-    directory = _open_run_dir(config, data, run_dir, resume)
+    directory = _open_run_dir(config, data, run_dir, resume, progress)
     cells = [Cell(seed, name) for seed in config.seeds for name in config.compare]
-    outcomes = _run_cells(config, data, directory, cells, strategies, progress, jobs)
-    matrices = {cell: rows for cell, rows in outcomes.items() if isinstance(rows, list)}
-    diverged = {cell: message for cell, message in outcomes.items() if isinstance(message, str)}
-    for cell, rows in matrices.items():
-        directory.write_matrix(cell, rows)
+    outcomes = _run_cells(config, data, directory, cells, strategies, progress, jobs, quiet)
+    for outcome in outcomes:
+        if outcome.rows is not None:
+            directory.write_matrix(outcome.cell, outcome.rows)
     directory.assemble_metrics(cells)
-    summary = summarize(config, matrices, diverged, time.perf_counter() - started)
-    summary.write(directory.path / "summary.json")
+    b = config.benchmark
+    wall_time = time.perf_counter() - started
+    summary = summarize(b.scenario or "", b.name, outcomes, wall_time)
+    summary.write(directory.summary_path)
     progress.close()
-    return RunResult(directory.path, matrices, diverged, summary)
+    return RunResult(directory.path, tuple(outcomes), summary)
 
 
 def load_data(config: RunConfig) -> ImageDataset:
@@ -124,11 +139,24 @@ def _check_strategies(config: RunConfig, factories: Mapping[str, StrategyFactory
         build_strategy(name, config.strategies[name], probe, factories)
 
 
+def _check_jobs(jobs: int) -> None:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer; got {jobs!r}")
+
+
 def _open_run_dir(
-    config: RunConfig, data: ImageDataset, run_dir: Any, resume: bool
+    config: RunConfig, data: ImageDataset, run_dir: Any, resume: bool, progress: Progress
 ) -> RunDirectory:
+    """The run directory: opened for a resume, else created with the run's record."""
     fingerprint = data_fingerprint(data)
-    if resume:
+    unstarted = RunDirectory(run_dir).is_unstarted()
+    if unstarted and (resume or any(Path(run_dir).iterdir())):  # not a fresh empty folder
+        progress.announce(
+            f"{run_dir} holds no complete config.json: the run that made it was stopped before "
+            "it started, so this run starts it afresh"
+            + (" (there is nothing to resume)" if resume else "")
+        )
+    if resume and not unstarted:
         directory = RunDirectory.open(run_dir, config.hash())
         recorded = directory.read_config().get("data", {}).get("fingerprint")
         if recorded != fingerprint:
@@ -137,8 +165,13 @@ def _open_run_dir(
                 f"now {fingerprint[:12]}…); resume it with the same data"
             )
         return directory
+    return RunDirectory.create(run_dir, _config_record(config, data, fingerprint))
+
+
+def _config_record(config: RunConfig, data: ImageDataset, fingerprint: str) -> dict[str, Any]:
+    """The content of config.json: config, versions, hash, data provenance, task names."""
     first_stream = stream_for(config, data, config.seeds[0])
-    record = {
+    return {
         "config": config.to_dict(),
         "versions": {
             "ewc": __version__,
@@ -155,7 +188,6 @@ def _open_run_dir(
         "tasks": [task.name for task in first_stream.tasks],
         "command": " ".join(sys.argv),
     }
-    return RunDirectory.create(run_dir, record)
 
 
 def data_fingerprint(data: ImageDataset) -> str:
@@ -175,22 +207,22 @@ def _run_cells(
     factories: Mapping[str, StrategyFactory],
     progress: Progress,
     jobs: int,
-) -> dict[Cell, list[list[float]] | str]:
-    """Each cell's accuracy matrix, or the message of its divergence."""
+    quiet: bool,
+) -> list[CellOutcome]:
+    """Each cell's outcome, in the order of ``cells``: here, or in ``jobs`` worker processes."""
     if jobs == 1 or len(cells) == 1:
         if config.training.threads:
             torch.set_num_threads(config.training.threads)
         streams = {seed: stream_for(config, data, seed) for seed in config.seeds}
-        return {
-            cell: _run_cell(config, streams[cell.seed], directory.path, cell, factories, progress)
+        return [
+            run_cell(config, streams[cell.seed], directory, cell, factories, progress)
             for cell in cells
-        }
+        ]
     threads = max(1, (config.training.threads or torch.get_num_threads()) // jobs)
     context = multiprocessing.get_context("spawn")
     with context.Pool(jobs, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-        arguments = [(config, data, directory.path, cell, factories) for cell in cells]
-        outcomes = pool.starmap(_run_cell_in_worker, arguments)
-    return dict(zip(cells, outcomes, strict=True))
+        arguments = [(config, data, directory.path, cell, factories, quiet) for cell in cells]
+        return pool.starmap(_run_cell_in_worker, arguments)
 
 
 def _run_cell_in_worker(
@@ -199,26 +231,8 @@ def _run_cell_in_worker(
     path: Path,
     cell: Cell,
     factories: Mapping[str, StrategyFactory],
-) -> list[list[float]] | str:
-    """`_run_cell` in a worker process, which builds its own stream and prints plain lines."""
+    quiet: bool,
+) -> CellOutcome:
+    """`run_cell` in a worker process, which builds its own stream and prints plain lines."""
     stream = stream_for(config, data, cell.seed)
-    return _run_cell(config, stream, path, cell, factories, LineProgress())
-
-
-def _run_cell(
-    config: RunConfig,
-    stream: TaskStream,
-    path: Path,
-    cell: Cell,
-    factories: Mapping[str, StrategyFactory],
-    progress: Progress,
-) -> list[list[float]] | str:
-    """Train one cell; the divergence message instead of a matrix if it diverged (now or before)."""
-    directory = RunDirectory(path)
-    marker = directory.cell_dir(cell) / "diverged.json"
-    if marker.exists():
-        return json.loads(marker.read_text(encoding="utf-8"))["message"]
-    try:
-        return CellRun(config, stream, directory, cell, factories, progress).run()
-    except CellDiverged as error:
-        return str(error)
+    return run_cell(config, stream, RunDirectory(path), cell, factories, LineProgress(quiet=quiet))

@@ -1,5 +1,7 @@
-"""The learning rate within a task, as a factor of `training.lr` that depends only on the position
-in the task, so a resumed run needs no scheduler state.
+"""The learning rate within a task: a factor of `training.lr` set by a `LambdaLR`.
+
+The factor depends only on the position in the task; `task_lr_scheduler` applies it through
+`torch.optim.lr_scheduler.LambdaLR`.
 
 - ``constant``: 1.
 - ``cosine``: ½ (1 + cos(π k / K)) at the task's k-th step (0-based) of K, one cosine cycle per
@@ -16,6 +18,10 @@ the task's end lets the weights settle at that balance before the task's paramet
 from __future__ import annotations
 
 import math
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
 
 from ewc._choices import Choice
 
@@ -42,3 +48,51 @@ def lr_factor(schedule: LrSchedule | str, step: int, steps: int, warmup_steps: i
     if warmup_steps:
         factor *= min(1.0, (step + 1) / warmup_steps)
     return factor
+
+
+def task_lr_scheduler(
+    optimizer: torch.optim.Optimizer,
+    schedule: LrSchedule | str,
+    lr: float,
+    steps: int,
+    *,
+    warmup_steps: int = 0,
+    start: int = 0,
+    state: dict[str, Any] | None = None,
+) -> LambdaLR:
+    """A `LambdaLR` that sets ``lr × lr_factor(schedule, k, steps, warmup_steps)`` for step k.
+
+    One scheduler covers one task: build it when the task starts (or resumes at 0-based step
+    ``start``), call its ``step()`` after each optimizer step, and drop it when the task ends.
+    After the task's last step the factor stays at its last value (no further step uses it).
+
+    Args:
+        optimizer: the optimizer whose parameter groups get the rate; their ``initial_lr``
+            is set to ``lr``.
+        schedule: ``constant`` or ``cosine`` (see the module docstring).
+        lr: the base learning rate, ``training.lr``.
+        steps: the task's number of optimizer steps.
+        warmup_steps: linear warm-up length (0: none).
+        start: the step the task continues at; the rate is set for it at once.
+        state: a ``state_dict()`` of this scheduler saved at ``start`` (a checkpoint's).
+
+    Raises:
+        ValueError: ``state`` was saved at another step than ``start``.
+    """
+    schedule = LrSchedule.parse(schedule)
+    lr_factor(schedule, 0, steps, warmup_steps)  # checks the arguments once
+
+    def factor(step: int) -> float:
+        return lr_factor(schedule, min(step, steps - 1), steps, warmup_steps)
+
+    for group in optimizer.param_groups:
+        group["initial_lr"] = lr
+    scheduler = LambdaLR(optimizer, factor, last_epoch=start - 1)
+    if state is not None:
+        if state.get("last_epoch") != start:
+            raise ValueError(
+                f"the learning-rate schedule was saved at step {state.get('last_epoch')} of the "
+                f"task, but the task continues at step {start}"
+            )
+        scheduler.load_state_dict(state)
+    return scheduler

@@ -7,18 +7,18 @@ across seeds.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ewc._atomic import write_text_atomic
+from ewc._atomic import write_json_atomic
 from ewc.experiment import metrics
-from ewc.experiment.config import RunConfig
-from ewc.experiment.storage.rundir import Cell
+from ewc.experiment.metrics import METRICS
+from ewc.experiment.outcome import CellOutcome
 
-METRICS = ("ACC", "BWT", "FWT", "forgetting")
+MISSING = "—"
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,10 @@ class Summary:
     strategies: dict[str, dict[str, Any]]  # name → metric → {"mean", "sem", "values"}
     matrices: dict[str, list[list[float]]]  # name → seed-mean accuracy matrix
     incomplete: dict[str, str]  # "seed0-ewc" → why it has no complete matrix
+    diverged: dict[str, dict[str, Any]] = field(default_factory=dict)  # key → Divergence JSON
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``summary.json``."""
         return {
             "scenario": self.scenario,
             "benchmark": self.benchmark,
@@ -40,11 +42,12 @@ class Summary:
             "strategies": self.strategies,
             "matrices": self.matrices,
             "incomplete": self.incomplete,
+            "diverged": self.diverged,
         }
 
     def write(self, path: Path) -> None:
         """Write as JSON; undefined values (NaN) are written as null."""
-        write_text_atomic(path, json.dumps(_nan_to_none(self.to_dict()), indent=2) + "\n")
+        write_json_atomic(path, self.to_dict())
 
     def table(self) -> str:
         """The one-screen text table: one row per strategy, metrics in % as mean ± SEM."""
@@ -55,7 +58,9 @@ class Summary:
         )
         lines = [header, "-" * len(header)]
         for name, values in self.strategies.items():
-            cells = "".join(f"{_percent(values[m]):>16s}" for m in METRICS)
+            cells = "".join(
+                f"{mean_sem_text(values[m]['mean'], values[m]['sem']):>16s}" for m in METRICS
+            )
             final = " ".join(f"{100 * a:5.1f}" for a in self.matrices[name][-1])
             lines.append(f"{name:14s}{cells}   {final}")
         for key, why in self.incomplete.items():
@@ -64,35 +69,36 @@ class Summary:
 
 
 def summarize(
-    config: RunConfig,
-    matrices: dict[Cell, list[list[float]]],
-    incomplete: dict[Cell, str],
-    wall_time_s: float,
+    scenario: str, benchmark: str, outcomes: Sequence[CellOutcome], wall_time_s: float
 ) -> Summary:
     """Metrics per strategy over the seeds whose matrix is complete (T + 1 rows)."""
+    complete = [o for o in outcomes if o.rows is not None and _complete(o.rows)]
     per_strategy: dict[str, dict[str, Any]] = {}
     means: dict[str, list[list[float]]] = {}
-    for name in config.compare:
-        complete = [
-            rows for cell, rows in matrices.items() if cell.strategy == name and _complete(rows)
-        ]
-        if not complete:
-            continue
-        per_seed = [metrics.summarize(rows) for rows in complete]
-        per_strategy[name] = {m: _mean_sem([s[m] for s in per_seed]) for m in METRICS}
-        means[name] = _mean_matrix(complete)
-    reasons = {cell.key: why for cell, why in incomplete.items()}
-    reasons.update(
-        {cell.key: "missing task rows" for cell, rows in matrices.items() if not _complete(rows)}
-    )
-    return Summary(
-        scenario=config.benchmark.scenario or "",
-        benchmark=config.benchmark.name,
-        wall_time_s=wall_time_s,
-        strategies=per_strategy,
-        matrices=means,
-        incomplete=reasons,
-    )
+    for name in dict.fromkeys(o.cell.strategy for o in outcomes):
+        rows = [o.rows for o in complete if o.cell.strategy == name and o.rows is not None]
+        if rows:
+            per_seed = [metrics.summarize(matrix) for matrix in rows]
+            per_strategy[name] = {m: _mean_sem([s[m] for s in per_seed]) for m in METRICS}
+            means[name] = metrics.mean_matrix(rows)  # type: ignore[assignment]
+    reasons = {o.cell.key: str(o.divergence) for o in outcomes if o.divergence is not None}
+    reasons.update({o.cell.key: "missing task rows" for o in outcomes if o.rows is not None})
+    for o in complete:
+        reasons.pop(o.cell.key)
+    diverged = {o.cell.key: o.divergence.to_json() for o in outcomes if o.divergence is not None}
+    return Summary(scenario, benchmark, wall_time_s, per_strategy, means, reasons, diverged)
+
+
+def mean_sem_text(mean: float | None, sem: float | None, digits: int = 2) -> str:
+    """A fraction's mean ± SEM in %, e.g. ``94.12 ± 0.30``.
+
+    Without ``± …`` when the SEM is missing or NaN (one seed); ``—`` when the mean is.
+    """
+    if mean is None or not math.isfinite(mean):
+        return MISSING
+    if sem is None or not math.isfinite(sem):
+        return f"{100 * mean:.{digits}f}"
+    return f"{100 * mean:.{digits}f} ± {100 * sem:.{digits}f}"
 
 
 def _complete(rows: list[list[float]]) -> bool:
@@ -102,30 +108,3 @@ def _complete(rows: list[list[float]]) -> bool:
 def _mean_sem(values: list[float]) -> dict[str, Any]:
     stats = metrics.mean_and_sem(values)
     return {"mean": stats.mean, "sem": stats.sem, "values": values}
-
-
-def _mean_matrix(matrices: list[list[list[float]]]) -> list[list[float]]:
-    count = len(matrices)
-    return [
-        [math.fsum(m[i][j] for m in matrices) / count for j in range(len(matrices[0][0]))]
-        for i in range(len(matrices[0]))
-    ]
-
-
-def _percent(stat: dict[str, Any]) -> str:
-    mean, sem = stat["mean"], stat["sem"]
-    if mean is None or math.isnan(mean):
-        return "—"
-    if sem is None or math.isnan(sem):
-        return f"{100 * mean:.2f}"
-    return f"{100 * mean:.2f} ± {100 * sem:.2f}"
-
-
-def _nan_to_none(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_nan_to_none(v) for v in value]
-    return value

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ewc._atomic import write_bytes_atomic
+from ewc.experiment.storage.rundir import RunDirectory
 from ewc.report.content import build_document
 from ewc.report.figures import curves_figure, final_accuracy_figure, matrices_figure, render_png
 from ewc.report.html import render_html
@@ -74,21 +75,22 @@ def write_report(
     """
     _require_matplotlib()
     run = load_run(run_dir)
-    out = Path(out_dir) if out_dir is not None else run.directory
-    (out / "plots").mkdir(parents=True, exist_ok=True)
+    out = RunDirectory(out_dir if out_dir is not None else run.directory)
+    out.plots_dir.mkdir(parents=True, exist_ok=True)
+    links = {name: out.figure_path(name).relative_to(out.path).as_posix() for name, _ in FIGURES}
     images: dict[str, bytes] = {}
     for name, draw in FIGURES:
-        images[f"plots/{name}.png"] = png = render_png(draw, run)
-        write_bytes_atomic(out / "plots" / f"{name}.png", png)
-    document = build_document(run, {name: f"plots/{name}.png" for name, _ in FIGURES})
-    write_bytes_atomic(out / "report.html", render_html(document, images.__getitem__).encode())
-    write_bytes_atomic(out / "report.md", render_markdown(document).encode())
+        images[links[name]] = png = render_png(draw, run)
+        write_bytes_atomic(out.figure_path(name), png)
+    document = build_document(run, links)
+    write_bytes_atomic(out.report_html_path, render_html(document, images.__getitem__).encode())
+    write_bytes_atomic(out.report_markdown_path, render_markdown(document).encode())
     return ReportPaths(
-        html=out / "report.html",
-        markdown=out / "report.md",
-        curves=out / "plots" / "curves.png",
-        matrices=out / "plots" / "matrices.png",
-        final_accuracy=out / "plots" / "final_accuracy.png",
+        html=out.report_html_path,
+        markdown=out.report_markdown_path,
+        curves=out.figure_path("curves"),
+        matrices=out.figure_path("matrices"),
+        final_accuracy=out.figure_path("final_accuracy"),
     )
 
 

@@ -12,6 +12,8 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ewc.experiment.metrics import mean_and_sem
+from ewc.experiment.metrics import mean_matrix as seed_mean_matrix
 from ewc.report.rows import Matrix, as_matrix, finite
 from ewc.report.run import Point, Run, SeedRun
 from ewc.report.text import section
@@ -47,12 +49,15 @@ class Span:
 
 
 def mean_sem(values: Iterable[float | None]) -> Stat | None:
-    """Mean and SEM of the values that are not None; None when there are none."""
+    """Mean and SEM of the values that are not None; None when there are none.
+
+    The numbers are those of `ewc.experiment.metrics.mean_and_sem`.
+    """
     present = [v for v in values if v is not None]
     if not present:
         return None
-    sem = statistics.stdev(present) / math.sqrt(len(present)) if len(present) > 1 else None
-    return Stat(statistics.fmean(present), sem, len(present))
+    mean, sem = mean_and_sem(present)
+    return Stat(mean, None if math.isnan(sem) else sem, len(present))
 
 
 def mean_matrix(run: Run, strategy: str) -> Matrix:
@@ -62,10 +67,9 @@ def mean_matrix(run: Run, strategy: str) -> Matrix:
     if from_summary is not None:
         return from_summary
     per_seed = [as_matrix(pair.rows, run.num_tasks) for pair in run.seed_runs(strategy)]
-    return [
-        tuple(_mean(m[i][j] for m in per_seed) for j in range(run.num_tasks))
-        for i in range(run.num_tasks + 1)
-    ]
+    if not per_seed:
+        return as_matrix({}, run.num_tasks)
+    return [tuple(row) for row in seed_mean_matrix(per_seed)]
 
 
 def _summary_matrix(value: object, num_tasks: int) -> Matrix | None:
@@ -76,11 +80,6 @@ def _summary_matrix(value: object, num_tasks: int) -> Matrix | None:
         return None
     rows = [tuple(finite(v) for v in row) for row in value]
     return rows if len(rows) == num_tasks + 1 else [(None,) * num_tasks, *rows]
-
-
-def _mean(values: Iterable[float | None]) -> float | None:
-    stat = mean_sem(values)
-    return None if stat is None else stat.mean
 
 
 def final_accuracies(run: Run, strategy: str) -> list[Stat | None]:

@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from ewc.experiment.metrics import METRICS
 from ewc.report.aggregate import mean_matrix
 from ewc.report.blocks import (
     Block,
@@ -36,8 +37,6 @@ from ewc.report.text import (
     section,
     strategy_settings,
 )
-
-METRICS = ("ACC", "BWT", "FWT", "forgetting")
 
 CAPTIONS = {
     "curves": (

@@ -57,7 +57,7 @@ def render_png(draw: Callable[[Run], Figure], run: Run) -> bytes:
     return buffer.getvalue()
 
 
-def _figure(height: float) -> Figure:
+def blank_figure(height: float) -> Figure:
     """An empty figure :data:`WIDTH` wide and ``height`` inches high, on the Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -100,7 +100,7 @@ def strategy_colours(count: int) -> list[Any]:
     return [palette[k % len(palette)] for k in range(count)]
 
 
-def _plain(text: str) -> str:
+def plain_text(text: str) -> str:
     """``text`` with its dollar signs escaped, so that matplotlib never reads it as math."""
     return text.replace("$", r"\$")
 
@@ -117,7 +117,7 @@ def _title(run: Run, strategy: str) -> str:
 def curves_figure(run: Run) -> Figure:
     """Test accuracy of every task along training, one panel per strategy (Kirkpatrick Fig. 2A)."""
     columns, rows = _grid_size(len(run.strategies))
-    figure = _figure(3.0 * rows + 0.9)
+    figure = blank_figure(3.0 * rows + 0.9)
     if not run.strategies or not run.num_tasks:
         return _empty(figure, "no evaluations yet")
     axes = _panels(figure, len(run.strategies), sharex=True, sharey=True)
@@ -187,7 +187,7 @@ def _task_legend(figure: Figure, tasks: Sequence[str], colours: Sequence[Any]) -
     from matplotlib.lines import Line2D
 
     handles = [
-        Line2D([], [], color=colour, lw=2, label=_plain(f"task {k}: {name}"))
+        Line2D([], [], color=colour, lw=2, label=plain_text(f"task {k}: {name}"))
         for k, (name, colour) in enumerate(zip(tasks, colours, strict=True), start=1)
     ]
     # As many columns as fit the figure's width (about 0.075 inch per character at 9 pt).
@@ -200,7 +200,7 @@ def matrices_figure(run: Run) -> Figure:
     """The seed-mean accuracy matrix R of each strategy, as annotated heatmaps."""
     size = run.num_tasks
     rows = _grid_size(len(run.strategies))[1]
-    figure = _figure(rows * (0.34 * (size + 1) + 1.1))
+    figure = blank_figure(rows * (0.34 * (size + 1) + 1.1))
     if not run.strategies or not size:
         return _empty(figure, "no accuracy matrix yet")
     axes = _panels(figure, len(run.strategies))
@@ -241,7 +241,7 @@ def _heatmap(ax: Axes, matrix: Sequence[Sequence[float | None]], size: int) -> A
 def final_accuracy_figure(run: Run) -> Figure:
     """Accuracy on each task after the last one, and the average ACC, per strategy (± SEM)."""
     size, count = run.num_tasks, len(run.strategies)
-    figure = _figure(3.8)
+    figure = blank_figure(3.8)
     if not count or not size:
         return _empty(figure, "no final accuracies yet")
     from matplotlib.patches import Patch
@@ -260,7 +260,7 @@ def final_accuracy_figure(run: Run) -> Figure:
         _bars(ax, [x + offset for x in range(size + 1)], bars, 0.8 / count, colour, turned)
         top = max([top, *(mean + (sem or 0.0) for mean, sem in filter(None, bars))])
         label = strategy if any(bars) else f"{strategy} (not finished)"
-        handles.append(Patch(color=colour, label=_plain(label)))
+        handles.append(Patch(color=colour, label=plain_text(label)))
     if run.summary is None:
         ax.text(size, 50, "summary.json\nmissing", ha="center", va="center", fontsize=8)
     ax.axvline(size - 0.5, color="0.5", lw=0.8)

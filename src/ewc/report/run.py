@@ -1,9 +1,11 @@
 """Reading a run directory written by the runner: header, metric events, accuracy matrices, summary.
 
-The directory holds ``config.json`` (the resolved config, versions, config hash, data description
-and task names), ``metrics.jsonl`` (one event per line: ``eval``, ``task_end``, ``train``,
-``note``), ``accuracy/seed{S}_{strategy}.csv`` (the (T+1) × T accuracy matrix R of one seed and
-strategy, first row the untrained model) and, once the run has finished, ``summary.json``.
+The directory (its layout is `ewc.experiment.storage.rundir.RunDirectory`) holds ``config.json``
+(the resolved config, versions, config hash, data description and task names), ``metrics.jsonl``
+(one event per line, `ewc.experiment.storage.events`: ``eval``, ``task_end``, ``train``, ``note``,
+``diverged``), ``accuracy/seed{S}_{strategy}.csv`` (the (T+1) × T accuracy matrix R of one seed and
+strategy, first row the untrained model; `ewc.experiment.storage.accuracy`) and, once the run has
+finished, ``summary.json``.
 
 Only ``config.json`` is required. A run stopped mid-way still has a report: everything else may be
 missing or cut short, and what is missing is listed in :attr:`Run.problems` instead of raising.
@@ -12,15 +14,22 @@ Unknown event kinds are skipped, so that newer runners stay readable.
 
 from __future__ import annotations
 
-import csv
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ewc.experiment.storage.rundir import RunDirectoryError
-from ewc.report.rows import accuracy_row, count_finished, read_matrix_csv
+from ewc.experiment.storage.accuracy import read_accuracy_csv
+from ewc.experiment.storage.events import (
+    DivergedEvent,
+    EvalEvent,
+    EventError,
+    NoteEvent,
+    TaskEndEvent,
+    parse_event,
+)
+from ewc.experiment.storage.rundir import Cell, RunDirectory, RunDirectoryError
+from ewc.report.rows import count_finished
 from ewc.report.text import section
 
 
@@ -75,6 +84,7 @@ class Run:
         summary: summary.json, or None while the run has not finished.
         notes: the ``note`` events, in file order.
         problems: what is missing or was ignored, one sentence each.
+        divergences: the ``diverged`` events: cells whose loss became non-finite, in file order.
     """
 
     directory: Path
@@ -87,6 +97,7 @@ class Run:
     summary: dict[str, Any] | None
     notes: list[Note]
     problems: list[str]
+    divergences: list[DivergedEvent] = field(default_factory=list)
 
     @property
     def num_tasks(self) -> int:
@@ -105,32 +116,46 @@ def load_run(run_dir: str | Path) -> Run:
         RunDirectoryError: ``run_dir`` is not a directory, or its config.json is missing or is not
             the JSON object the runner writes.
     """
-    directory = Path(run_dir)
+    directory = RunDirectory(run_dir)
     header = _read_header(directory)
     config = header["config"]
     problems: list[str] = []
     pairs: dict[tuple[int, str], SeedRun] = {}
-    notes = _read_events(directory, pairs, problems)
+    notes, divergences = _read_events(directory, pairs, problems)
     tasks = _task_names(header, pairs)
-    _read_matrices(directory / "accuracy", len(tasks), pairs, problems)
-    summary = _read_summary(directory / "summary.json", problems)
+    _read_matrices(directory, len(tasks), pairs, problems)
+    summary = _read_summary(directory.summary_path, problems)
     strategies = _ordered(_config_strategies(config), [s for _, s in pairs])
     strategies = _ordered(strategies, list(section(summary, "strategies")))
     seeds = _ordered(_config_seeds(config), sorted({s for s, _ in pairs}))
-    run = Run(directory, header, config, tasks, strategies, seeds, pairs, summary, notes, problems)
+    run = Run(
+        directory.path,
+        header,
+        config,
+        tasks,
+        strategies,
+        seeds,
+        pairs,
+        summary,
+        notes,
+        problems,
+        divergences,
+    )
+    problems.extend(_diverged(divergences))
     problems.extend(_completeness(run))
-    problems.extend(_summary_incomplete(summary))
+    problems.extend(_summary_incomplete(summary, {Cell(d.seed, d.strategy) for d in divergences}))
     return run
 
 
-def _read_header(directory: Path) -> dict[str, Any]:
+def _read_header(directory: RunDirectory) -> dict[str, Any]:
     """config.json, checked to be an object with a ``config`` object."""
-    if not directory.is_dir():
-        raise RunDirectoryError(f"run directory {str(directory)!r} does not exist or is no folder")
-    path = directory / "config.json"
+    name = str(directory.path)
+    if not directory.path.is_dir():
+        raise RunDirectoryError(f"run directory {name!r} does not exist or is no folder")
+    path = directory.config_path
     if not path.is_file():
         raise RunDirectoryError(
-            f"run directory {str(directory)!r} has no config.json; a run directory written by "
+            f"run directory {name!r} has no config.json; a run directory written by "
             "`ewc run` holds config.json, metrics.jsonl, accuracy/ and summary.json"
         )
     try:
@@ -142,12 +167,11 @@ def _read_header(directory: Path) -> dict[str, Any]:
     return header
 
 
-def _event_files(directory: Path, problems: list[str]) -> list[Path]:
+def _event_files(directory: RunDirectory, problems: list[str]) -> list[Path]:
     """metrics.jsonl; before the runner has assembled it, the cells' own event logs."""
-    assembled = directory / "metrics.jsonl"
-    if assembled.is_file():
-        return [assembled]
-    cells = sorted((directory / "cells").glob("*/events.jsonl"))
+    if directory.metrics_path.is_file():
+        return [directory.metrics_path]
+    cells = directory.cell_event_files()
     if cells:
         problems.append(
             "metrics.jsonl is missing (the run has not finished): the events are read from "
@@ -159,79 +183,69 @@ def _event_files(directory: Path, problems: list[str]) -> list[Path]:
 
 
 def _read_events(
-    directory: Path, pairs: dict[tuple[int, str], SeedRun], problems: list[str]
-) -> list[Note]:
-    """Fill ``pairs`` from the eval / task_end events of the run; return its notes."""
+    directory: RunDirectory, pairs: dict[tuple[int, str], SeedRun], problems: list[str]
+) -> tuple[list[Note], list[DivergedEvent]]:
+    """Fill ``pairs`` from the eval / task_end events; return the notes and divergences."""
     notes: list[Note] = []
+    divergences: list[DivergedEvent] = []
     for path in _event_files(directory, problems):
-        name = path.relative_to(directory).as_posix()
-        with path.open(encoding="utf-8", errors="replace") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    problems.append(f"{name} line {number} is not valid JSON (cut short?).")
-                    continue
-                kind = event.get("event") if isinstance(event, dict) else None
-                if kind in ("eval", "task_end"):
-                    _add_evaluation(event, pairs, problems, f"{name} line {number}")
-                elif kind == "note":
-                    notes.append(_note(event))
-    return notes
+        name = path.relative_to(directory.path).as_posix()
+        for event in _events_of(path, name, problems):
+            if isinstance(event, EvalEvent | TaskEndEvent):
+                _add_evaluation(event, pairs)
+            elif isinstance(event, NoteEvent):
+                notes.append(Note(event.seed, event.strategy, event.message))
+            elif isinstance(event, DivergedEvent):
+                divergences.append(event)
+    return notes, divergences
 
 
-def _add_evaluation(
-    event: dict[str, Any],
-    pairs: dict[tuple[int, str], SeedRun],
-    problems: list[str],
-    where: str,
-) -> None:
-    """Record one eval or task_end event; a malformed one becomes a problem."""
-    seed, strategy, task, step = (event.get(k) for k in ("seed", "strategy", "task", "step"))
-    accuracies = accuracy_row(event.get("accuracies"))
-    well_formed = all(_is_int(v) for v in (seed, task, step)) and isinstance(strategy, str)
-    if not well_formed or accuracies is None:
-        problems.append(f"{where}: malformed {event['event']} event ignored.")
-        return
-    pair = pairs.setdefault((seed, strategy), SeedRun(seed, strategy))
-    boundary = event["event"] == "task_end"
-    pair.points.append(Point(task, step, accuracies, boundary))
+def _events_of(path: Path, name: str, problems: list[str]) -> list[Any]:
+    """The events of the kinds this version knows in one file; a bad line becomes a problem."""
+    found = []
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError:
+                problems.append(f"{name} line {number} is not valid JSON (cut short?).")
+                continue
+            try:
+                event = parse_event(raw)
+            except EventError:
+                problems.append(f"{name} line {number}: malformed {raw['event']} event ignored.")
+                continue
+            if event is not None:
+                found.append(event)
+    return found
+
+
+def _add_evaluation(event: EvalEvent | TaskEndEvent, pairs: dict[tuple[int, str], SeedRun]) -> None:
+    """Record one eval or task_end event."""
+    pair = pairs.setdefault((event.seed, event.strategy), SeedRun(event.seed, event.strategy))
+    boundary = isinstance(event, TaskEndEvent)
+    pair.points.append(Point(event.task, event.step, event.accuracies, boundary))
     if boundary:
-        pair.rows[task] = accuracies
-
-
-def _note(event: dict[str, Any]) -> Note:
-    seed, strategy = event.get("seed"), event.get("strategy")
-    return Note(
-        seed if _is_int(seed) else None,
-        strategy if isinstance(strategy, str) else None,
-        str(event.get("message", "")),
-    )
-
-
-_MATRIX_FILE = re.compile(r"seed(-?\d+)_(.+)\.csv")
+        pair.rows[event.task] = event.accuracies
 
 
 def _read_matrices(
-    folder: Path, num_tasks: int, pairs: dict[tuple[int, str], SeedRun], problems: list[str]
+    directory: RunDirectory,
+    num_tasks: int,
+    pairs: dict[tuple[int, str], SeedRun],
+    problems: list[str],
 ) -> None:
     """Fill the matrix rows of ``pairs`` from accuracy/*.csv (the files win over the events)."""
-    if not folder.is_dir():
-        return
-    for path in sorted(folder.glob("seed*.csv")):
-        match = _MATRIX_FILE.fullmatch(path.name)
-        if match is None:
-            continue
+    for cell, path in directory.matrix_files():
         try:
-            with path.open(encoding="utf-8", newline="") as file:
-                rows = read_matrix_csv(csv.reader(file), num_tasks)
+            rows = read_accuracy_csv(path, num_tasks)
         except (ValueError, OSError, UnicodeDecodeError) as err:
             problems.append(f"accuracy/{path.name} ignored: {err}.")
             continue
-        seed, strategy = int(match[1]), match[2]
-        pairs.setdefault((seed, strategy), SeedRun(seed, strategy)).rows.update(rows)
+        key = (cell.seed, cell.strategy)
+        pairs.setdefault(key, SeedRun(cell.seed, cell.strategy)).rows.update(rows)
 
 
 def _read_summary(path: Path, problems: list[str]) -> dict[str, Any] | None:
@@ -296,11 +310,22 @@ def _completeness(run: Run) -> list[str]:
     return sentences
 
 
-def _summary_incomplete(summary: dict[str, Any] | None) -> list[str]:
-    """The cells summary.json lists as incomplete (diverged, or missing task rows)."""
+def _diverged(divergences: list[DivergedEvent]) -> list[str]:
+    """One sentence per cell whose loss became non-finite."""
+    return [
+        f"seed {d.seed} · {d.strategy} diverged at task {d.task}, step {d.step} (epoch {d.epoch}):"
+        f" the loss became non-finite, so it stopped there and is left out of the metrics."
+        for d in divergences
+    ]
+
+
+def _summary_incomplete(summary: dict[str, Any] | None, diverged: set[Cell]) -> list[str]:
+    """The cells summary.json lists as incomplete, except the diverged ones (`_diverged`)."""
+    said = {cell.key for cell in diverged}
     return [
         f"summary.json leaves out {cell}: {why}."
         for cell, why in section(summary, "incomplete").items()
+        if cell not in said
     ]
 
 

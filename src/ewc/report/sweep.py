@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ewc._atomic import write_bytes_atomic, write_text_atomic
-from ewc.report.figures import _figure, _plain, render_png, strategy_colours
+from ewc.report.figures import blank_figure, plain_text, render_png, strategy_colours
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -76,18 +76,20 @@ def sweep_figure(
     record: Mapping[str, Any], dimension: Mapping[str, Any], series: Mapping[str, Sequence[Point]]
 ) -> Figure:
     """The objective (mean ± SEM over seeds) against one numeric key, one line per series."""
-    figure = _figure(6.0, 3.8)
+    figure = blank_figure(3.8)
     ax = figure.subplots()
     for colour, (label, points) in zip(strategy_colours(len(series)), series.items(), strict=True):
         xs, means = [p[0] for p in points], [p[1] for p in points]
         sems = [p[2] or 0.0 for p in points]
         ax.errorbar(xs, means, yerr=sems, color=colour, marker="o", ms=4, capsize=3,
-                    label=_plain(label) if label else None)  # fmt: skip
+                    label=plain_text(label) if label else None)  # fmt: skip
     if dimension["log"]:
         ax.set_xscale("log")
-    ax.set_xlabel(_plain(dimension["key"]))
-    ax.set_ylabel(f"{record['objective']} of {_plain(record['strategy'])} (mean ± SEM)")
-    ax.set_title(_plain(f"{record['strategy']}: {record['objective']} against {dimension['key']}"))
+    ax.set_xlabel(plain_text(dimension["key"]))
+    ax.set_ylabel(f"{record['objective']} of {plain_text(record['strategy'])} (mean ± SEM)")
+    ax.set_title(
+        plain_text(f"{record['strategy']}: {record['objective']} against {dimension['key']}")
+    )
     if any(series):
         ax.legend()
     if not series:

@@ -6,9 +6,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ewc.experiment.summary import MISSING, mean_sem_text
 from ewc.report.rows import finite
-
-MISSING = "—"
 
 _SCENARIOS = {
     "task": "task-incremental",
@@ -49,12 +48,7 @@ def metric_text(metric: object, digits: int = 2) -> str:
     """
     if not isinstance(metric, Mapping):
         return MISSING
-    mean, sem = finite(metric.get("mean")), finite(metric.get("sem"))
-    if mean is None:
-        return MISSING
-    if sem is None:
-        return percent(mean, digits)
-    return f"{percent(mean, digits)} ± {percent(sem, digits)}"
+    return mean_sem_text(finite(metric.get("mean")), finite(metric.get("sem")), digits)
 
 
 def number(value: Any) -> str:

@@ -88,11 +88,13 @@ class CheckpointError(Exception):
     """
 
     def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        """The checkpoint at ``path`` cannot be used because of ``reason``."""
         super().__init__(path, reason)
         self.path = Path(path)
         self.reason = reason
 
     def __str__(self) -> str:
+        """``<path>: <reason>``."""
         return f"{self.path}: {self.reason}"
 
 
@@ -183,6 +185,7 @@ class CheckpointStore:
     """
 
     def __init__(self, directory: str | os.PathLike[str], keep: int = 2) -> None:
+        """Keep the newest ``keep`` checkpoints in ``directory``."""
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise ValueError(f"keep must be an int >= 1 (checkpoints to keep); got {keep!r}")
         self.directory = Path(directory)

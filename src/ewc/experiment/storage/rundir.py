@@ -1,32 +1,39 @@
 """The run directory: where a run's config, events, checkpoints and results live on disk.
 
-Layout (the report reads the first five; the runner owns all of them)::
+Layout (defined here once; the runner writes it and the report reads it)::
 
     RUN_DIR/
       config.json              resolved config, versions, config hash, data provenance, task names
-      metrics.jsonl            every event of every cell, one JSON object per line
+      metrics.jsonl            every event of every cell, one JSON object per line (`.events`)
       accuracy/seed0_ewc.csv   the (T+1) × T accuracy matrix of one (seed, strategy) cell
       summary.json             metrics per strategy (mean ± SEM over seeds), mean matrices
-      plots/, report.html, report.md
+      plots/*.png, report.html, report.md
       cells/seed0-ewc/         one folder per (seed, strategy) cell:
         events.jsonl           the cell's own events (metrics.jsonl is assembled from these)
         checkpoints/           the cell's checkpoints (ewc.experiment.storage.checkpoint)
+        diverged.json          only if its loss became non-finite: where, and the message
 
 Each cell writes only inside its own folder, so cells can run in separate processes, and a
 resumed cell cuts its event log back to the length its checkpoint recorded. Nothing that exists
-is overwritten silently: a new run refuses a non-empty directory.
+is overwritten silently: a new run refuses a non-empty directory. A directory is usable from its
+first moment: one that a kill left without a complete config.json (empty, or holding only the
+temporary file of that write) is *unstarted*, and both a new run and a resume start it afresh.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ewc._atomic import temporary_files, write_text_atomic
+from ewc._atomic import temporary_files, write_json_atomic, write_text_atomic
+from ewc.experiment.storage.accuracy import write_accuracy_csv
+
+_MATRIX_FILE = re.compile(r"seed(-?\d+)_(.+)\.csv")
 
 
 class RunDirectoryError(ValueError):
@@ -42,7 +49,7 @@ class Cell:
 
     @property
     def key(self) -> str:
-        """The cell's folder and file name stem, e.g. ``seed0-ewc``."""
+        """The cell's folder name, e.g. ``seed0-ewc``."""
         return f"seed{self.seed}-{self.strategy}"
 
 
@@ -50,14 +57,17 @@ class RunDirectory:
     """Paths and files of one run directory (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike[str]):
+        """A view of ``path``; nothing is read or created."""
         self.path = Path(path)
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], config_record: Mapping[str, Any]) -> RunDirectory:
-        """Make a new run directory and write ``config.json``; refuse one that has content."""
+        """Make a new run directory and write ``config.json``; refuse one that has content.
+
+        An unstarted directory (see the module docstring) is cleared and started afresh.
+        """
         run = cls(path)
-        for leftover in temporary_files(run.config_path):  # a create killed mid-write
-            leftover.unlink()
+        run.clear_unstarted()
         if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
             raise RunDirectoryError(
                 f"{run.path} already exists and is not empty; continue it with "
@@ -81,74 +91,108 @@ class RunDirectory:
             )
         return run
 
+    def is_unstarted(self) -> bool:
+        """Whether this is a folder that a run was killed in before config.json was complete."""
+        if not self.path.is_dir() or self.config_path.exists():
+            return False
+        leftovers = set(temporary_files(self.config_path))
+        return all(entry in leftovers for entry in self.path.iterdir())
+
+    def clear_unstarted(self) -> bool:
+        """Remove what a run killed before its config was complete left; True if there was any."""
+        leftovers = temporary_files(self.config_path)
+        if not self.is_unstarted():
+            return False
+        for leftover in leftovers:
+            leftover.unlink()
+        return bool(leftovers)
+
     @property
     def config_path(self) -> Path:
+        """``config.json``."""
         return self.path / "config.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        """``metrics.jsonl``, assembled from the cells' event logs when the run ends."""
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        """``summary.json``, written when the run ends."""
+        return self.path / "summary.json"
+
+    @property
+    def accuracy_dir(self) -> Path:
+        """``accuracy/``, one CSV file per cell."""
+        return self.path / "accuracy"
+
+    @property
+    def plots_dir(self) -> Path:
+        """``plots/``, the report's figures."""
+        return self.path / "plots"
+
+    def figure_path(self, name: str) -> Path:
+        """``plots/<name>.png``."""
+        return self.plots_dir / f"{name}.png"
+
+    @property
+    def report_html_path(self) -> Path:
+        """``report.html``."""
+        return self.path / "report.html"
+
+    @property
+    def report_markdown_path(self) -> Path:
+        """``report.md``."""
+        return self.path / "report.md"
+
+    def cell_dir(self, cell: Cell) -> Path:
+        """``cells/<seedS-strategy>/``, the folder a cell writes in."""
+        return self.path / "cells" / cell.key
+
+    def events_path(self, cell: Cell) -> Path:
+        """The cell's own event log."""
+        return self.cell_dir(cell) / "events.jsonl"
+
+    def checkpoint_dir(self, cell: Cell) -> Path:
+        """The cell's checkpoints."""
+        return self.cell_dir(cell) / "checkpoints"
+
+    def diverged_path(self, cell: Cell) -> Path:
+        """The marker a cell whose loss became non-finite leaves."""
+        return self.cell_dir(cell) / "diverged.json"
+
+    def matrix_path(self, cell: Cell) -> Path:
+        """``accuracy/seed<S>_<strategy>.csv``."""
+        return self.accuracy_dir / f"seed{cell.seed}_{cell.strategy}.csv"
+
+    def matrix_files(self) -> list[tuple[Cell, Path]]:
+        """The accuracy CSV files present, with the cell each belongs to, in name order."""
+        if not self.accuracy_dir.is_dir():
+            return []
+        found = []
+        for path in sorted(self.accuracy_dir.glob("seed*.csv")):
+            match = _MATRIX_FILE.fullmatch(path.name)
+            if match is not None:
+                found.append((Cell(int(match[1]), match[2]), path))
+        return found
+
+    def cell_event_files(self) -> list[Path]:
+        """The cells' own event logs present, in folder-name order."""
+        return sorted((self.path / "cells").glob("*/events.jsonl"))
 
     def read_config(self) -> dict[str, Any]:
         """The content of ``config.json``."""
         return json.loads(self.config_path.read_text(encoding="utf-8"))
 
-    def cell_dir(self, cell: Cell) -> Path:
-        return self.path / "cells" / cell.key
-
-    def events_path(self, cell: Cell) -> Path:
-        return self.cell_dir(cell) / "events.jsonl"
-
-    def checkpoint_dir(self, cell: Cell) -> Path:
-        return self.cell_dir(cell) / "checkpoints"
-
-    def matrix_path(self, cell: Cell) -> Path:
-        return self.path / "accuracy" / f"seed{cell.seed}_{cell.strategy}.csv"
-
-    def assemble_metrics(self, cells: list[Cell]) -> Path:
+    def assemble_metrics(self, cells: Sequence[Cell]) -> Path:
         """Concatenate the cells' event logs, in the given order, into ``metrics.jsonl``."""
-        target = self.path / "metrics.jsonl"
         logs = [self.events_path(cell) for cell in cells if self.events_path(cell).exists()]
-        write_text_atomic(target, "".join(log.read_text(encoding="utf-8") for log in logs))
-        return target
+        text = "".join(log.read_text(encoding="utf-8") for log in logs)
+        write_text_atomic(self.metrics_path, text)
+        return self.metrics_path
 
-    def write_matrix(self, cell: Cell, rows: list[list[float]]) -> Path:
+    def write_matrix(self, cell: Cell, rows: Sequence[Sequence[float]]) -> Path:
         """Write a cell's accuracy matrix as CSV (rows: untrained, task 1, ..., task T)."""
-        path = self.matrix_path(cell)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        num_tasks = len(rows[0])
-        lines = ["after," + ",".join(f"task {j + 1}" for j in range(num_tasks))]
-        for i, row in enumerate(rows):
-            label = "untrained" if i == 0 else f"task {i}"
-            lines.append(label + "," + ",".join(f"{value:.6f}" for value in row))
-        write_text_atomic(path, "\n".join(lines) + "\n")
-        return path
-
-
-class EventLog:
-    """An append-only JSON-lines file whose length a checkpoint can record and later restore."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a", encoding="utf-8")
-
-    def append(self, event: Mapping[str, Any]) -> None:
-        """Write one event as one line, flushed so that a reader sees it at once."""
-        self._file.write(json.dumps(event, allow_nan=True) + "\n")
-        self._file.flush()
-
-    def durable_length(self) -> int:
-        """fsync the log and return its length in bytes (what a checkpoint records)."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        return self.path.stat().st_size
-
-    def truncate(self, length: int) -> None:
-        """Cut the log back to ``length`` bytes: events after a checkpoint are written again."""
-        self._file.flush()
-        self._file.truncate(length)
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """`write_text_atomic` of pretty-printed JSON."""
-    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+        write_accuracy_csv(self.matrix_path(cell), rows)
+        return self.matrix_path(cell)
