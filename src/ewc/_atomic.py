@@ -68,8 +68,10 @@ def fsync_directory(directory: str | os.PathLike[str]) -> None:
 
 
 def destination(path: str | os.PathLike[str]) -> Path:
-    """The file that ``path`` is a temporary file of (``path`` itself if it is none), so that an
-    error met while writing can name the file the user knows."""
+    """The file that ``path`` is a temporary file of (``path`` itself if it is none).
+
+    An error met while writing uses it to name the file the user knows.
+    """
     path = Path(path)
     match = _TEMPORARY.fullmatch(path.name)
     return path.with_name(match[1]) if match else path

@@ -82,8 +82,11 @@ IGNORE_INDEX = -100
 
 
 def check_logits(logits: Any, batch: Batch) -> Tensor:
-    """Return ``logits`` if it is a floating tensor for this batch with C ≥ 2 classes: (N, C) for a
-    classifier, or (N, T, C) for a sequence model (one row of T token logits per sample)."""
+    """Return ``logits`` if it is a floating tensor for this batch with C ≥ 2 classes.
+
+    The shape must be (N, C) for a classifier, or (N, T, C) for a sequence model (one row of T
+    token logits per sample).
+    """
     if not isinstance(logits, Tensor):
         raise TypeError(
             f"batch {batch.index}: the model (after output_fn) must return a logits tensor; "

@@ -1,5 +1,7 @@
-"""String options as enums: a member or its string value is accepted, anything else is an error
-that lists the valid values (``unknown Fisher kind 'fisher'; valid kinds are 'exact', ...``).
+"""String options as enums: a member or its string value is accepted, anything else is an error.
+
+The error lists the valid values
+(``unknown Fisher kind 'fisher'; valid kinds are 'exact', ...``).
 
 A member is a ``str`` equal to its value, prints as its value and serialises to JSON as it, so an
 option field can hold the enum while files and hashes see the plain string.

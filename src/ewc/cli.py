@@ -76,8 +76,10 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """The seeds of ``--seeds``: comma-separated non-negative integers and ranges ``a-b``
-    (both ends included), e.g. ``0,1,2``, ``0-4`` or ``0-2,7``."""
+    """The seeds of ``--seeds``: comma-separated non-negative integers and ranges ``a-b``.
+
+    Both ends of a range are included, e.g. ``0,1,2``, ``0-4`` or ``0-2,7``.
+    """
     seeds: list[int] = []
     for part in text.split(","):
         match = re.fullmatch(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", part, re.ASCII)

@@ -108,7 +108,7 @@ def _input_batches(
 def _per_sample_gradient_fn(
     model: nn.Module, params: dict[str, nn.Parameter], output_fn: Callable[[Any], Tensor] | None
 ) -> Callable[[Tensor], dict[str, Tensor]]:
-    """inputs (B, ...) → {name: (B, *shape)} gradients of ‖f(x_b)‖²₂, one per input."""
+    """Inputs (B, ...) → {name: (B, *shape)} gradients of ‖f(x_b)‖²₂, one per input."""
     frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
     buffers = dict(model.named_buffers())
     detached = {n: p.detach() for n, p in params.items()}

@@ -166,7 +166,7 @@ class QuadraticPenalty:
         return value
 
     def _value_and_gradient(self, params: list[nn.Parameter]) -> tuple[Tensor, list[Tensor]]:
-        """h λ (Σ Ω (θ − θ̄)² + c) and 2 h λ Ω (θ − θ̄) per parameter (h = 1/2 for EWC), fused."""
+        """Return h λ (Σ Ω (θ − θ̄)² + c) and 2 h λ Ω (θ − θ̄) per parameter (h = 1/2 for EWC)."""
         names = list(self._params)
         differences = torch._foreach_sub(params, [self._anchor[n] for n in names])
         weighted = torch._foreach_mul(differences, [self._importance[n] for n in names])
@@ -320,8 +320,10 @@ class EWC(QuadraticPenalty):
         self._consolidate(fisher, kind)
 
     def _consolidate_kronecker(self, fisher: KroneckerFisher) -> None:
-        """The diagonal part through the merged quadratic (zero where a block covers), then the
-        blocks as one more Kronecker term."""
+        """Consolidate the diagonal part, then the blocks as one more Kronecker term.
+
+        The diagonal part goes through the merged quadratic (zero where a block covers).
+        """
         params = self._trainable()
         covered = set(fisher.covered)
         importance = {

@@ -321,8 +321,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
-    """Turn ``["training.epochs=2", "seeds=[0, 1]"]`` into nested data; values are TOML values,
-    and a value that is not valid TOML is taken as a string (``benchmark.name=split``)."""
+    """Turn ``["training.epochs=2", "seeds=[0, 1]"]`` into nested data.
+
+    Values are TOML values, and a value that is not valid TOML is taken as a string
+    (``benchmark.name=split``).
+    """
     nested: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -371,8 +374,11 @@ def _benchmark_name(data: Mapping[str, Any]) -> str | None:
 
 
 def build_dataclass(cls: type, data: Any, prefix: str) -> Any:
-    """Build the dataclass ``cls`` from a table, checking every value against its field's type
-    and range; errors name the key as ``prefix`` + field, and unknown keys are errors."""
+    """Build the dataclass ``cls`` from a table, checking every value against its field.
+
+    Each value is checked against its field's type and range; errors name the key as
+    ``prefix`` + field, and unknown keys are errors.
+    """
     if not isinstance(data, Mapping):
         key = prefix.rstrip(".") or "the config"
         raise ConfigError(f"{{key}} must be a table; got {data!r}", key)
@@ -434,8 +440,10 @@ def _scalar(value: Any, annotation: type, key: str) -> Any:
 
 
 def _check_range(value: Any, metadata: Mapping[str, Any], key: str, given: Any) -> None:
-    """Raise `ConfigError` if ``value`` (or an item of its list) is outside the field's range;
-    the message shows the value as ``given``."""
+    """Raise `ConfigError` if ``value`` (or an item of its list) is outside the field's range.
+
+    The message shows the value as ``given``.
+    """
     strict = "above" in metadata
     low = metadata["above"] if strict else metadata.get("at_least")
     for item in value if isinstance(value, list) else [value]:

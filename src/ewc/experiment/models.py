@@ -48,6 +48,7 @@ class MultiHead(nn.ModuleList):
         super().__init__(nn.Linear(in_features, out_features) for _ in range(heads))
 
     def forward(self, features: Tensor) -> Tensor:
+        """Apply every head to ``features`` (N, in_features); return (N, heads, out_features)."""
         return torch.stack([head(features) for head in self], dim=1)
 
 
@@ -90,6 +91,11 @@ class MLP(nn.Module):
         self.output = output_layer(widths[-1] if widths else in_features, num_outputs, heads)
 
     def forward(self, inputs: Tensor) -> Tensor:
+        """Logits of ``inputs`` (N, ...), flattened to (N, in_features).
+
+        Returns:
+            (N, num_outputs), or (N, heads, num_outputs) when ``heads > 1``.
+        """
         return self.output(self.features(inputs))
 
 
@@ -133,6 +139,11 @@ class CNN(nn.Module):
         self.output = output_layer(128, num_outputs, heads)
 
     def forward(self, inputs: Tensor) -> Tensor:
+        """Logits of the images ``inputs`` (N, in_channels, height, width).
+
+        Returns:
+            (N, num_outputs), or (N, heads, num_outputs) when ``heads > 1``.
+        """
         return self.output(self.features(inputs))
 
 

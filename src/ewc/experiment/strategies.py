@@ -67,15 +67,19 @@ class Finetune:
     """Plain training on each task in turn: no penalty, nothing kept."""
 
     def penalty(self) -> None:
+        """No penalty: return None."""
         return None
 
     def after_task(self, context: TaskContext) -> list[str]:
+        """Keep nothing from the task; return no notes."""
         return []
 
     def state_dict(self) -> dict[str, Any]:
+        """An empty state: fine-tuning keeps nothing."""
         return {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Do nothing: there is no state to restore."""
         return None
 
 
@@ -111,9 +115,15 @@ class PenaltyStrategy:
         self._estimator = estimator
 
     def penalty(self) -> QuadraticPenalty:
+        """The quadratic penalty, added to the task loss while training."""
         return self._penalty
 
     def after_task(self, context: TaskContext) -> list[str]:
+        """Anchor the penalty at the trained parameters; return SGD stability warnings.
+
+        With settings (EWC), the anchor is weighted by the task's Fisher from the estimator;
+        without (L2), every weight counts equally.
+        """
         if self.settings is None:
             self._penalty.consolidate()
         else:
@@ -133,9 +143,11 @@ class PenaltyStrategy:
         )
 
     def state_dict(self) -> dict[str, Any]:
+        """The penalty's state (its anchors, importances and settings)."""
         return self._penalty.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the penalty from a `state_dict()`."""
         self._penalty.load_state_dict(state)
 
 
@@ -212,8 +224,11 @@ def make_kfac_ewc(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
 
 @dataclass(frozen=True)
 class SISettings:
-    """Hyper-parameters of ``si``: ξ = 0.1 and c = 0.1 from the authors' permuted-MNIST notebook
-    (ganguli-lab/pathint, which sweeps c over 0, 0.01, 0.1 and 1); not tuned here."""
+    """Hyper-parameters of ``si``: ξ = 0.1 and c = 0.1 from the authors' permuted-MNIST notebook.
+
+    The notebook (ganguli-lab/pathint) sweeps c over 0, 0.01, 0.1 and 1; the values are not tuned
+    here.
+    """
 
     strength: float = at_least(0.0, 0.1)  # c; the penalty is c Σ Ω (θ − θ̃)², no 1/2
     damping: float = above(0.0, 0.1)  # ξ
@@ -228,8 +243,10 @@ class MASSettings:
 
 
 class _StepTracker:
-    """The penalty handed to `ewc.training.train_step`, which calls ``add_gradient_`` right after
-    the task loss's backward and then steps the optimizer: the moment SI must record g and θ.
+    """The penalty handed to `ewc.training.train_step`, recording g and θ for SI at every step.
+
+    ``train_step`` calls ``add_gradient_`` right after the task loss's backward and then steps the
+    optimizer: the moment SI must record g and θ.
 
     The step's end (``after_step``) is recorded lazily, at the next step or before the state is
     read: the parameters change only through the optimizer in between.
@@ -262,18 +279,22 @@ class SIStrategy:
         self._tracker = _StepTracker(si)
 
     def penalty(self) -> _StepTracker:
+        """SI's penalty, wrapped so that every training step's g and θ are recorded."""
         return self._tracker
 
     def after_task(self, context: TaskContext) -> list[str]:
+        """Record the last step, then consolidate Ω and anchor θ̃ = θ; return no notes."""
         self._tracker.close()
         self._tracker.si.consolidate()
         return []
 
     def state_dict(self) -> dict[str, Any]:
+        """SI's state, including the running path integral, after recording the last step."""
         self._tracker.close()
         return self._tracker.si.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Close any open step, then restore SI from a `state_dict()`."""
         self._tracker.close()
         self._tracker.si.load_state_dict(state)
 
@@ -286,9 +307,11 @@ class MASStrategy:
         self.settings = settings
 
     def penalty(self) -> MAS:
+        """The MAS penalty λ Σ_i Ω_i (θ_i − θ*_i)², added to the task loss."""
         return self._mas
 
     def after_task(self, context: TaskContext) -> list[str]:
+        """Add the task's Ω from `ewc.mas_importance` (no labels) and anchor θ* = θ; no notes."""
         importance = mas_importance(
             context.model,
             context.train_batches,
@@ -299,9 +322,11 @@ class MASStrategy:
         return []
 
     def state_dict(self) -> dict[str, Any]:
+        """The MAS penalty's state (Ω, the anchor and settings)."""
         return self._mas.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the MAS penalty from a `state_dict()`."""
         self._mas.load_state_dict(state)
 
 

@@ -72,8 +72,11 @@ class ModuleCall:
         return any(self.is_batched(value, batch_size) for value in values)
 
     def is_batched(self, value: Any, batch_size: int) -> bool:
-        """Whether an argument holds one row per sample: a tensor with the batch as its first
-        dimension that is not (a view of) one of the model's parameters or buffers."""
+        """Whether an argument holds one row per sample.
+
+        That is, a tensor with the batch as its first dimension that is not (a view of) one of the
+        model's parameters or buffers.
+        """
         return (
             isinstance(value, Tensor)
             and value.dim() > 0

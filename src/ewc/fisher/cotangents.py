@@ -73,7 +73,7 @@ def _labels(
 
 
 def _draw(p: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
-    """k labels per row drawn from p; on the generator's device, then moved to p's."""
+    """Draw k labels per row from p, on the generator's device, then move them to p's."""
     if generator is not None and generator.device != p.device:
         return torch.multinomial(p.to(generator.device), k, True, generator=generator).to(p.device)
     return torch.multinomial(p, k, replacement=True, generator=generator)

@@ -135,8 +135,10 @@ class _InnerNodes:
 def _owned_sites(
     calls: list[ModuleCall], full_names: dict[int, str]
 ) -> dict[str, list[tuple[int, str]]]:
-    """Full name → [(call position, local name)] over the calls of the module owning it that
-    used the registered parameter itself."""
+    """Full name → [(call position, local name)] over the calls of the module owning it.
+
+    Only the calls that used the registered parameter itself are listed.
+    """
     owned: dict[str, list[tuple[int, str]]] = {}
     for position, call in enumerate(calls):
         for local, identity in call.own.items():

@@ -382,8 +382,11 @@ def owner_plan(calls: list[ModuleCall], params: dict[str, nn.Parameter]) -> Plan
 def _split_sites(
     plan: Plan,
 ) -> tuple[dict[int, dict[str, str]], dict[str, list[tuple[int, str]]]]:
-    """({call position: {local name: full name}} for one-site parameters, {full: sites} for the
-    parameters with several sites)."""
+    """Split the plan's sites into parameters with one site and parameters with several.
+
+    Returns ({call position: {local name: full name}} for one-site parameters, {full: sites} for
+    the parameters with several sites).
+    """
     own: dict[int, dict[str, str]] = {}
     shared = {}
     for full, sites in plan.sites.items():

@@ -62,8 +62,10 @@ class ScoreMoments:
 
     @property
     def standard_error(self) -> float:
-        """sqrt(Σ_i Var(s_i) / N): the size ‖E[s]‖ would have from noise alone, with one label
-        drawn per input (a mean of N zero-mean scores)."""
+        """sqrt(Σ_i Var(s_i) / N): the size ‖E[s]‖ would have from noise alone.
+
+        The noise is that of one label drawn per input (a mean of N zero-mean scores).
+        """
         return math.sqrt(float(self.variance.clamp_min(0).sum()) / self.num_samples)
 
     def relative_gap(self, other: Tensor) -> float:

@@ -102,6 +102,11 @@ class HeadSelector:
     head: int
 
     def __call__(self, output: Tensor) -> Tensor:
+        """Task ``head``'s logits ``output[:, head]`` (N, C) from an (N, heads, C) output.
+
+        Raises:
+            ValueError: ``output`` is not a 3-D tensor with more than ``head`` heads.
+        """
         if not isinstance(output, Tensor) or output.dim() != 3 or output.shape[1] <= self.head:
             raise ValueError(
                 f"head {self.head} needs the (N, heads, outputs) output of a model with more than "
@@ -118,6 +123,11 @@ class ColumnSelector:
     stop: int
 
     def __call__(self, output: Tensor) -> Tensor:
+        """The task's columns ``output[:, start:stop]`` (a view) of (N, outputs) logits.
+
+        Raises:
+            ValueError: ``output`` is not a 2-D tensor with at least ``stop`` columns.
+        """
         if not isinstance(output, Tensor) or output.dim() != 2 or output.shape[1] < self.stop:
             raise ValueError(
                 f"columns {self.start}..{self.stop - 1} need (N, outputs) logits with at least "

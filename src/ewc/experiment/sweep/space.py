@@ -126,8 +126,10 @@ def _parse_range(key: str, spec: str) -> Dimension:
 
 
 def _points(low: float, high: float, count: int, log: bool) -> tuple[float, ...]:
-    """``count`` points from ``low`` to ``high``, evenly spaced (in log if ``log``), to 12 digits:
-    ``log:1..1e12:13`` gives 1, 10, …, 1e12 exactly, not 10.000000000000002."""
+    """``count`` points from ``low`` to ``high``, evenly spaced (in log if ``log``), to 12 digits.
+
+    ``log:1..1e12:13`` gives 1, 10, …, 1e12 exactly, not 10.000000000000002.
+    """
     if log:
         a, b = math.log10(low), math.log10(high)
         raw = [10 ** (a + (b - a) * i / (count - 1)) for i in range(count)]

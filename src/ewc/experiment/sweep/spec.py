@@ -138,8 +138,10 @@ def trial_config(base: Mapping[str, Any], params: Mapping[str, Any]) -> RunConfi
 
 
 def check_space(spec: SweepSpec) -> None:
-    """Build the config of every value (or both ends of every range) once, so that an unknown key
-    or a bad value fails before any trial runs."""
+    """Build the config of every value (or both ends of every range) once.
+
+    An unknown key or a bad value thus fails before any trial runs.
+    """
     probe = torch.nn.Linear(1, 1)
     for dimension in spec.dimensions():
         candidates = dimension.values or (dimension.low, dimension.high)

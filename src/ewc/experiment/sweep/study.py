@@ -50,8 +50,11 @@ def storage_for(url: str | None, sweep_dir: Path) -> Any:
 
 
 def _database(url: str, attempts: int = 3) -> Any:
-    """Optuna's storage on the database ``url``; workers that start together may race to create
-    its tables (one CREATE TABLE fails), so a failed attempt is retried after a pause."""
+    """Optuna's storage on the database ``url``, retrying a failed attempt after a pause.
+
+    Workers that start together may race to create its tables (one CREATE TABLE fails), so a
+    failed attempt is retried after a pause.
+    """
     import optuna
     import sqlalchemy.exc
 

@@ -30,6 +30,11 @@ class ConvRule(Rule):
     def per_sample(
         self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
     ) -> dict[str, Tensor]:
+        """Per-sample gradients of weight and bias: g_n X_nᵀ (N, *weight.shape) and Σ_l g_n (N, O).
+
+        The weight gradients of all kernel offsets come from one batched GEMM on the stacked
+        windows.
+        """
         module, g = call.module, grads[0].flatten(2)
         out = {}
         if "weight" in names:
@@ -42,11 +47,19 @@ class ConvRule(Rule):
     def summed(
         self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
     ) -> dict[str, Tensor]:
+        """Batch gradients Σ_n g_n X_nᵀ (by ``torch.nn.grad``) and Σ_n Σ_l g_n of weight, bias."""
         return _summed(call, grads[0], names)
 
     def partial(
         self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
     ) -> dict[str, Tensor]:
+        """Σ_n (g_n X_nᵀ)² for the weight and Σ_n (Σ_l g_n)² for the bias.
+
+        The weight's squares are summed over chunks of samples whose temporaries fit the budget.
+
+        The windows are cached on the call, so the C − 1 cotangent vectors of the exact Fisher reuse
+        them.
+        """
         module, g = call.module, grads[0].flatten(2)
         out = {}
         if "weight" in names:
@@ -102,8 +115,11 @@ def _as_weight(products: Tensor, weight: Tensor) -> Tensor:
 
 
 def _chunks(module: nn.Conv1d | nn.Conv2d, size: int, locations: int) -> list[tuple[int, int]]:
-    """Sample ranges whose largest temporaries fit the budget: the windows (I · kernel size · L
-    entries per sample) and the per-sample weight products (one weight's worth per sample)."""
+    """Sample ranges whose largest temporaries fit the budget.
+
+    The temporaries are the windows (I · kernel size · L entries per sample) and the per-sample
+    weight products (one weight's worth per sample).
+    """
     windows = module.in_channels * module.weight[0, 0].numel() * locations
     per_sample = max(windows, module.weight.numel())
     step = max(1, PER_SAMPLE_BUDGET // per_sample)
@@ -111,8 +127,11 @@ def _chunks(module: nn.Conv1d | nn.Conv2d, size: int, locations: int) -> list[tu
 
 
 def _windows(call: ModuleCall, start: int, stop: int, dtype: torch.dtype) -> Tensor:
-    """The input windows of every kernel offset, stacked offset-major as (n, G, offsets · I/G, L),
-    in ``dtype``; cached per sample range, so the C − 1 vectors of the exact Fisher share them."""
+    """The input windows of every kernel offset, stacked offset-major as (n, G, offsets · I/G, L).
+
+    They are in ``dtype`` and cached per sample range, so the C − 1 vectors of the exact Fisher
+    share them.
+    """
     key = ("windows", start, stop, dtype)
     if key not in call.cache:
         x = call.input[start:stop].to(dtype)

@@ -22,6 +22,10 @@ class EmbeddingRule(Rule):
     def per_sample(
         self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
     ) -> dict[str, Tensor]:
+        """Dense per-sample gradients (N, V, D): row v of sample n is Σ_{t: id_nt = v} g_nt.
+
+        The row of ``padding_idx``, if any, is zero.
+        """
         module = _checked(call)
         ids, g = call.input.reshape(call.input.shape[0], -1), grads[0]
         n, dim = ids.shape[0], g.shape[-1]
@@ -36,6 +40,10 @@ class EmbeddingRule(Rule):
     def summed(
         self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
     ) -> dict[str, Tensor]:
+        """Batch gradient (V, D): each id's row is the sum of the output gradients at its positions.
+
+        The row of ``padding_idx``, if any, is zero.
+        """
         module, g = _checked(call), grads[0]
         dim = g.shape[-1]
         total = g.new_zeros(module.num_embeddings, dim)
@@ -47,6 +55,11 @@ class EmbeddingRule(Rule):
     def partial(
         self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
     ) -> dict[str, Tensor]:
+        """Σ_n (∂ℓ_n/∂W)² (V, D), formed sparsely from the (sample, id) pairs present.
+
+        The output gradients are summed per distinct (sample, id) pair, squared, then added into the
+        rows of those ids; the row of ``padding_idx``, if any, is zero.
+        """
         module = _checked(call)
         ids, g = call.input.reshape(call.input.shape[0], -1), grads[0]
         n, dim = ids.shape[0], g.shape[-1]

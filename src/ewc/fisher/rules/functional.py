@@ -35,6 +35,10 @@ class FunctionalRule(Rule):
     def per_sample(
         self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
     ) -> dict[str, Tensor]:
+        """Per-sample gradients {name: (N, *param.shape)}: the VJPs gₙᵀ ∂f(xₙ; θ)/∂θ under `vmap`.
+
+        The module is re-run on each sample alone (a batch of one), in the gradients' dtype.
+        """
         module, size, dtype = call.module, grads[0].shape[0], grads[0].dtype
         params, rest = _state(module, names, dtype)
         arg_dims = tuple(0 if call.is_batched(a, size) else None for a in call.args)
@@ -61,8 +65,11 @@ class FunctionalRule(Rule):
 
 @contextmanager
 def without_batching_rule_warnings() -> Iterator[None]:
-    """Attention by its math kernel, whose ops all have batching rules (the fused CPU kernel runs
-    under vmap as a loop over samples), and no notice for the ops that still loop."""
+    """Attention by its math kernel, and no notice for the ops that still loop.
+
+    The math kernel's ops all have batching rules (the fused CPU kernel runs under vmap as a loop
+    over samples).
+    """
     with warnings.catch_warnings(), sdpa_kernel([SDPBackend.MATH]):
         warnings.filterwarnings("ignore", message="There is a performance drop because we have not")
         yield
@@ -71,8 +78,11 @@ def without_batching_rule_warnings() -> Iterator[None]:
 def _state(
     module: nn.Module, names: Sequence[str], dtype: torch.dtype
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """The differentiated parameters, and (only when the module computes in another dtype) every
-    other floating tensor of the module cast to ``dtype``."""
+    """The differentiated parameters, and every other floating tensor of the module.
+
+    All are cast to ``dtype``; the other tensors are returned only when the module computes in
+    another dtype (else an empty dict).
+    """
     params = {name: module.get_parameter(name).detach().to(dtype) for name in names}
     tensors = [
         *module.named_parameters(remove_duplicate=False),

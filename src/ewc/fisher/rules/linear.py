@@ -27,6 +27,10 @@ class LinearRule(Rule):
     def per_sample(
         self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
     ) -> dict[str, Tensor]:
+        """Per-sample gradients: Σ_t g_t a_tᵀ (N, O, I) for the weight, Σ_t g_t (N, O) for the bias.
+
+        t runs over the input's leading dimensions between the batch and the features.
+        """
         g = grads[0]
         a = call.input.to(g.dtype)
         out = {}
@@ -39,6 +43,10 @@ class LinearRule(Rule):
     def summed(
         self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
     ) -> dict[str, Tensor]:
+        """Batch gradients Gᵀ A (O, I) for the weight and Σ G (O,) for the bias.
+
+        The rows of G and A are every sample's rows over all leading dimensions.
+        """
         g = grads[0]
         out = {}
         if "weight" in names:
@@ -50,6 +58,11 @@ class LinearRule(Rule):
     def partial(
         self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
     ) -> dict[str, Tensor]:
+        """G² (N, O) for 2-D inputs, additive over cotangent vectors; else the chunked default.
+
+        With leading dimensions (a sequence input) the per-sample gradients are formed and squared
+        in chunks, as `Rule.partial` does.
+        """
         if call.input.dim() != 2:
             return super().partial(call, grads, names)
         return {"grad_squared": grads[0].square()}
@@ -57,6 +70,10 @@ class LinearRule(Rule):
     def finalize(
         self, call: ModuleCall, partial: dict[str, Tensor], names: Sequence[str]
     ) -> dict[str, Tensor]:
+        """Turn the summed G² into (G²)ᵀ (A²) (O, I) for the weight and Σ_n G² (O,) for the bias.
+
+        A partial from the chunked default is already final and is returned as it is.
+        """
         if "grad_squared" not in partial:
             return partial
         g2 = partial["grad_squared"]

@@ -40,6 +40,10 @@ class AffineNormRule(Rule):
     def per_sample(
         self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
     ) -> dict[str, Tensor]:
+        """Per-sample Σ_positions g_n ⊙ x̂_n for the weight and Σ_positions g_n for the bias.
+
+        Each has shape (N, *w.shape); x̂ is recomputed from the recorded input.
+        """
         g = grads[0]
         out = {}
         if "weight" in names:
