@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+#: Maps a model's output (a tensor, tuple, dict or dataclass) to the logits of one task.
+OutputFn = Callable[[Any], Tensor]
+
 
 @dataclass(frozen=True)
 class Batch:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from ewc._chunks import chunk_length
 from ewc._modes import evaluation_mode
 from ewc.penalties import QuadraticPenalty
 
@@ -65,7 +66,7 @@ def mas_importance(
     ):
         raise ValueError(f"chunk_size must be a positive integer or None; got {chunk_size!r}")
     numel = sum(p.numel() for p in params.values())
-    chunk = chunk_size or max(1, PER_SAMPLE_ENTRIES // numel)
+    chunk = chunk_size or chunk_length(PER_SAMPLE_ENTRIES, numel)
     per_sample = _per_sample_gradient_fn(model, params, output_fn)
     device = next(iter(params.values())).device
     sums = {n: torch.zeros_like(p, requires_grad=False) for n, p in params.items()}

@@ -14,10 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ewc._batches import IGNORE_INDEX, Batch, check_targets, iterate_batches, model_logits
+from ewc._batches import IGNORE_INDEX, Batch, OutputFn, check_targets, iterate_batches, model_logits
 from ewc._modes import evaluation_mode
 
-OutputFn = Callable[[Any], Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 

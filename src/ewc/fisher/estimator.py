@@ -13,7 +13,7 @@ numerically (`ewc.fisher.verify`). Gradients are cast to at least float32 before
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +23,13 @@ from torch import Tensor, nn
 from ewc._batches import (
     IGNORE_INDEX,
     Batch,
+    OutputFn,
     check_targets,
     iterate_batches,
     model_logits,
     sequence_log_likelihood_loss,
 )
+from ewc._chunks import sample_ranges
 from ewc._modes import evaluation_mode
 from ewc.fisher.capture import CallRecorder, ModuleCall
 from ewc.fisher.cotangents import score_vectors
@@ -38,8 +40,6 @@ from ewc.fisher.rules import rule_for
 from ewc.fisher.rules.base import PER_SAMPLE_BUDGET
 from ewc.fisher.verify import check_plan
 from ewc.fisher.whole_model import whole_model_sums
-
-OutputFn = Callable[[Any], Tensor]
 
 
 @dataclass(frozen=True)
@@ -440,9 +440,7 @@ def _shared_squares(
         )
     size = reached[0][1][0].shape[0]
     total = reached[0][1][0].new_zeros(shape)
-    chunk = max(1, PER_SAMPLE_BUDGET // total.numel())
-    for start in range(0, size, chunk):
-        stop = min(size, start + chunk)
+    for start, stop in sample_ranges(size, total.numel(), PER_SAMPLE_BUDGET):
         per_sample = total.new_zeros((stop - start, *shape))
         for call, call_grads, local in reached:
             part, sliced = call.narrow(start, stop, size), [g[start:stop] for g in call_grads]

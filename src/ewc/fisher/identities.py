@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from ewc._batches import Batch, check_class_targets, iterate_batches
+from ewc._chunks import chunk_length
 from ewc._modes import evaluation_mode
 
 #: the largest Hessian block (per input, all classes) held at once, in entries
@@ -223,7 +224,7 @@ def _batch_moments(
     scores, hessians, logp = [], [], []
     classes = _classes(model, batch, output_fn)
     _check_budget(name, flat.numel(), classes)
-    step = max(1, HESSIAN_BUDGET // (classes * flat.numel() ** 2))
+    step = chunk_length(HESSIAN_BUDGET, classes * flat.numel() ** 2)
     for inputs in batch.inputs.split(step):
         logp.append(vmap(log_probs, in_dims=(None, 0))(flat, inputs).detach())
         scores.append(vmap(jacrev(log_probs), in_dims=(None, 0))(flat, inputs).detach())

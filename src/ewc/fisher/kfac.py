@@ -24,7 +24,7 @@ several modules) get a diagonal Fisher of the same kind over the same inputs, co
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ewc._batches import Batch, check_class_targets, iterate_batches, model_logits
+from ewc._batches import Batch, OutputFn, check_class_targets, iterate_batches, model_logits
+from ewc._chunks import sample_ranges
 from ewc._modes import evaluation_mode
 from ewc.fisher.capture import CallRecorder, ModuleCall
 from ewc.fisher.cotangents import score_vectors
@@ -41,8 +42,6 @@ from ewc.fisher.diagonal import DiagonalFisher
 from ewc.fisher.estimator import diagonal_fisher
 from ewc.fisher.kinds import FisherKind
 from ewc.fisher.kronecker import KroneckerFactors, KroneckerFisher
-
-OutputFn = Callable[[Any], Tensor]
 
 #: Entries (floats) one temporary of per-position patches may hold before it is cut in chunks.
 _PATCH_BUDGET = 1 << 22
@@ -296,8 +295,7 @@ def _patches(module: nn.Conv2d, x: Tensor) -> Tensor:
 def _chunks(call: ModuleCall, size: int) -> list[tuple[int, int]]:
     """Sample ranges whose patch rows (T · J entries per sample) stay under the budget."""
     per_sample = _positions(call) * call.module.weight[0].numel()
-    step = max(1, _PATCH_BUDGET // max(1, per_sample))
-    return [(start, min(size, start + step)) for start in range(0, size, step)]
+    return sample_ranges(size, per_sample, _PATCH_BUDGET)
 
 
 def _check_complete(

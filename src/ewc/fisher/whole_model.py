@@ -15,16 +15,15 @@ with plain autograd instead: slower, equally correct.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 
+from ewc._batches import OutputFn
+from ewc._chunks import chunk_length
 from ewc.fisher.rules.base import PER_SAMPLE_BUDGET
 from ewc.fisher.rules.functional import without_batching_rule_warnings
-
-OutputFn = Callable[[Any], Tensor] | None
 
 
 def whole_model_sums(
@@ -32,7 +31,7 @@ def whole_model_sums(
     inputs: Tensor,
     vectors: list[Tensor],
     names: list[str],
-    output_fn: OutputFn,
+    output_fn: OutputFn | None,
     dtype: torch.dtype,
     *,
     square: bool = True,
@@ -52,7 +51,7 @@ def whole_model_sums(
     state = _state(model, names, dtype)
     stacked = torch.stack([v.to(dtype) for v in vectors], dim=1)
     numel = sum(p.numel() for p in state[0].values())
-    chunk = max(1, PER_SAMPLE_BUDGET // max(1, 2 * numel * (1 if square else len(vectors))))
+    chunk = chunk_length(PER_SAMPLE_BUDGET, 2 * numel * (1 if square else len(vectors)))
     totals = {name: torch.zeros_like(p) for name, p in state[0].items()}
     try:
         run = vmap(_one_sample(model, state, output_fn, square))
@@ -91,7 +90,7 @@ def _state(
 
 
 def _logits(
-    model: nn.Module, state: tuple[dict, dict], x: Tensor, output_fn: OutputFn
+    model: nn.Module, state: tuple[dict, dict], x: Tensor, output_fn: OutputFn | None
 ) -> Callable[[dict[str, Tensor]], Tensor]:
     def logits(chosen: dict[str, Tensor]) -> Tensor:
         out = functional_call(model, (chosen, state[1]), (x,))
@@ -101,7 +100,7 @@ def _logits(
 
 
 def _one_sample(
-    model: nn.Module, state: tuple[dict, dict], output_fn: OutputFn, square: bool
+    model: nn.Module, state: tuple[dict, dict], output_fn: OutputFn | None, square: bool
 ) -> Callable[[Tensor, Tensor], dict[str, Tensor]]:
     """The per-sample function for vmap: x (...), vectors (V, ...) → Σ_v gradient (squared)."""
 
@@ -124,7 +123,7 @@ def _sample_by_sample(
     state: tuple[dict, dict],
     inputs: Tensor,
     stacked: Tensor,
-    output_fn: OutputFn,
+    output_fn: OutputFn | None,
     square: bool,
 ) -> dict[str, Tensor]:
     """The same sums with one autograd pass per sample and vector (no vmap)."""

@@ -20,17 +20,15 @@ over tasks (``mode="separate"``) or online (``mode="online"``, Schwarz et al. 20
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor
 
+from ewc._batches import OutputFn
 from ewc.fisher import FisherKind, diagonal_fisher
 from ewc.penalties import EWC, PenaltyMode
-
-OutputFn = Callable[[Any], Tensor]
 
 
 class EWCCallback(pl.Callback):

@@ -31,14 +31,12 @@ the class-IL output layer with the other tasks' columns masked out, as in van de
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor
 
+from ewc._batches import OutputFn
 from ewc._choices import Choice
-
-OutputFn = Callable[[Tensor], Tensor]
 
 
 class Scenario(Choice):

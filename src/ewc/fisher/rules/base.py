@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from ewc._chunks import sample_ranges
 from ewc.fisher.capture import ModuleCall
 
 #: Largest number of per-sample entries materialised at once (2**22 floats = 16 MiB in fp32).
@@ -59,10 +60,8 @@ class Rule:
     ) -> dict[str, Tensor]:
         size = grads[0].shape[0]
         per_sample_numel = sum(call.module.get_parameter(name).numel() for name in names)
-        chunk = max(1, PER_SAMPLE_BUDGET // max(1, per_sample_numel))
         totals: dict[str, Tensor] = {}
-        for start in range(0, size, chunk):
-            stop = min(size, start + chunk)
+        for start, stop in sample_ranges(size, per_sample_numel, PER_SAMPLE_BUDGET):
             part = call.narrow(start, stop, size)
             sliced = [g[start:stop] for g in grads]
             for name, value in self.per_sample(part, sliced, names).items():

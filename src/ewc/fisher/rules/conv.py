@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ewc._chunks import sample_ranges
 from ewc.fisher.capture import ModuleCall
 from ewc.fisher.rules.base import PER_SAMPLE_BUDGET, Rule
 
@@ -122,8 +123,7 @@ def _chunks(module: nn.Conv1d | nn.Conv2d, size: int, locations: int) -> list[tu
     """
     windows = module.in_channels * module.weight[0, 0].numel() * locations
     per_sample = max(windows, module.weight.numel())
-    step = max(1, PER_SAMPLE_BUDGET // per_sample)
-    return [(start, min(size, start + step)) for start in range(0, size, step)]
+    return sample_ranges(size, per_sample, PER_SAMPLE_BUDGET)
 
 
 def _windows(call: ModuleCall, start: int, stop: int, dtype: torch.dtype) -> Tensor:
