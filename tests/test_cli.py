@@ -244,3 +244,14 @@ def test_an_interrupt_before_the_run_directory_exists_says_so(monkeypatch, capsy
     error = capsys.readouterr().err
     assert "ewc run: interrupted" in error
     assert "--resume" not in error
+
+
+def test_strategies_all_compares_every_builtin_strategy():
+    from ewc.cli import ALL_STRATEGIES, build_parser, _run_config_and_dir
+    from ewc.experiment.strategies import BUILTIN_STRATEGIES
+
+    assert set(ALL_STRATEGIES) == set(BUILTIN_STRATEGIES)
+    args = build_parser().parse_args(["run", "--strategies", "all", "--out", "unused"])
+    config, _ = _run_config_and_dir(args)
+    assert config.compare == ALL_STRATEGIES
+    assert set(config.strategies) >= set(ALL_STRATEGIES)

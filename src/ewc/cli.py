@@ -61,7 +61,9 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         help="seeds and ranges, e.g. 0,1,2 or 0-4 or 0-2,7 (mean ± SEM over them)",
     )
     run.add_argument(
-        "--strategies", help="comma-separated strategies to compare, e.g. finetune,ewc"
+        "--strategies",
+        help="comma-separated strategies to compare, e.g. finetune,ewc; 'all' adds online-ewc, "
+        "kfac-ewc, si and mas to the default comparison",
     )
     run.add_argument(
         "--jobs", type=_positive_int, default=1, help="worker processes for independent cells"
@@ -121,6 +123,16 @@ def _add_fisher_check(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--samples", type=int, default=500, help="inputs the moments are over")
     check.add_argument("--hidden", type=int, default=32, help="the MLP's hidden width")
     check.set_defaults(handler=_fisher_check)
+
+
+#: What ``--strategies all`` compares: every built-in strategy, the baselines first.
+ALL_STRATEGIES = ["finetune", "l2", "ewc", "online-ewc", "kfac-ewc", "si", "mas"]
+
+
+def _compared(text: str) -> list[str]:
+    """The strategy names of ``--strategies``; ``all`` stands for `ALL_STRATEGIES`."""
+    names = [name.strip() for name in text.split(",")]
+    return ALL_STRATEGIES if names == ["all"] else names
 
 
 def _fisher_check(args: argparse.Namespace) -> int:
@@ -398,7 +410,7 @@ def _run_config_and_dir(args: argparse.Namespace) -> tuple[Any, Path]:
     if args.seeds:
         overrides.append(f"seeds={json.dumps(args.seeds)}")
     if args.strategies:
-        overrides.append(f"compare={json.dumps([n.strip() for n in args.strategies.split(',')])}")
+        overrides.append(f"compare={json.dumps(_compared(args.strategies))}")
     if args.device is not None:
         overrides.append(f"training.device={json.dumps(args.device)}")
     if args.resume is None:
