@@ -247,7 +247,7 @@ def test_an_interrupt_before_the_run_directory_exists_says_so(monkeypatch, capsy
 
 
 def test_strategies_all_compares_every_builtin_strategy():
-    from ewc.cli import ALL_STRATEGIES, build_parser, _run_config_and_dir
+    from ewc.cli import ALL_STRATEGIES, _run_config_and_dir, build_parser
     from ewc.experiment.strategies import BUILTIN_STRATEGIES
 
     assert set(ALL_STRATEGIES) == set(BUILTIN_STRATEGIES)
