@@ -55,6 +55,17 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         help="a folder holding the IDX files of benchmark.dataset (official or dotted names, "
         "gzipped or not; source = dir)",
     )
+    _add_run_shortcuts(run)
+    run.add_argument(
+        "--jobs", type=_positive_int, default=1, help="worker processes for independent cells"
+    )
+    run.add_argument("--quiet", action="store_true", help="print no progress, only the results")
+    run.add_argument("--no-report", action="store_true", help="skip plots and report.html")
+    run.set_defaults(handler=_run)
+
+
+def _add_run_shortcuts(run: argparse.ArgumentParser) -> None:
+    """The options of ``ewc run`` that stand for config keys (seeds, compare, device)."""
     run.add_argument(
         "--seeds",
         type=parse_seeds,
@@ -66,16 +77,10 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         "kfac-ewc, si and mas to the default comparison",
     )
     run.add_argument(
-        "--jobs", type=_positive_int, default=1, help="worker processes for independent cells"
-    )
-    run.add_argument(
         "--device",
         help="where to train: cpu (default), cuda, cuda:N, or auto (CUDA when available); "
         "sets training.device",
     )
-    run.add_argument("--quiet", action="store_true", help="print no progress, only the results")
-    run.add_argument("--no-report", action="store_true", help="skip plots and report.html")
-    run.set_defaults(handler=_run)
 
 
 def parse_seeds(text: str) -> list[int]:
