@@ -127,6 +127,7 @@ def _add_fisher_check(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--epochs", type=int, default=5)
     check.add_argument("--samples", type=int, default=500, help="inputs the moments are over")
     check.add_argument("--hidden", type=int, default=32, help="the MLP's hidden width")
+    check.add_argument("--plot", type=Path, help="also write the per-element figure to this PNG")
     check.set_defaults(handler=_fisher_check)
 
 
@@ -154,6 +155,13 @@ def _fisher_check(args: argparse.Namespace) -> int:
         print(f"ewc fisher-check: {error}", file=sys.stderr)
         return 2
     print(result)
+    if args.plot is not None:
+        from ewc._atomic import write_bytes_atomic
+        from ewc.report.figures import render_png
+        from ewc.report.identities import identities_figure
+
+        write_bytes_atomic(args.plot, render_png(identities_figure, result.identities))
+        print(f"figure: {args.plot}")
     return 0
 
 

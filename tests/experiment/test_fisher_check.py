@@ -29,3 +29,11 @@ def test_the_cli_prints_both_tables(capsys):
 def test_bad_sizes_are_one_line(capsys):
     assert main(["fisher-check", "--samples", "0"]) == 2
     assert "samples must be in [1, train_samples=4000]; got 0" in capsys.readouterr().err
+
+
+def test_the_plot_is_a_png(tmp_path, capsys):
+    target = tmp_path / "identities.png"
+    args = ["--train-samples", "60", "--epochs", "1", "--samples", "8", "--hidden", "2"]
+    assert main(["fisher-check", *args, "--plot", str(target)]) == 0
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"figure: {target}" in capsys.readouterr().out
