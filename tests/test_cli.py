@@ -88,7 +88,7 @@ def test_run_with_a_config_file_and_seeds(tmp_path):
     [
         (["training.epoch=2"], "unknown config key 'training.epoch'"),
         (["benchmark.name=shuffled"], "unknown benchmark 'shuffled'"),
-        (["--strategies", "finetune,si"], "compare names ['si'] but only"),
+        (["--strategies", "finetune,lwf"], "compare names ['lwf'] but only"),
         (["benchmark.dataset=kmnist", "benchmark.source=cache"], "was not found"),
         (["benchmark.name=split", "benchmark.num_tasks=6"], "num_tasks"),
     ],
