@@ -37,7 +37,7 @@ from ewc.fisher.coverage import Plan, plan_batch
 from ewc.fisher.diagonal import DiagonalFisher
 from ewc.fisher.kinds import FisherKind
 from ewc.fisher.rules import rule_for
-from ewc.fisher.rules.base import PER_SAMPLE_BUDGET
+from ewc.fisher.rules.base import PER_SAMPLE_BUDGET, Partial
 from ewc.fisher.verify import check_plan
 from ewc.fisher.whole_model import whole_model_sums
 
@@ -347,7 +347,7 @@ def _accumulate_batch(
     edges = [edge for i in positions for edge in calls[i].edges]
     if not edges:
         return  # no planned module reached the logits in this batch
-    partials: dict[int, dict[str, Tensor]] = {i: {} for i in own}
+    partials = {i: Partial() for i in own}
     for j, vector in enumerate(vectors):
         last = j + 1 == len(vectors)
         flat = torch.autograd.grad(
@@ -358,12 +358,12 @@ def _accumulate_batch(
             for i, names in own.items():
                 if grads[i] is not None:
                     rule = rule_for(calls[i].module)
-                    _add_into(partials[i], rule.partial(calls[i], grads[i], list(names)))
+                    partials[i].add_(rule.partial(calls[i], grads[i], list(names)))
             for full, sites in shared.items():
                 _add_into(sums, {full: _shared_squares(sites, calls, grads, dtype)})
     with recorder.paused(), torch.no_grad():
         for i, names in own.items():
-            if partials[i]:
+            if not partials[i].is_empty:
                 finished = rule_for(calls[i].module).finalize(calls[i], partials[i], list(names))
                 _add_into(sums, {names[local]: value for local, value in finished.items()})
 

@@ -5,7 +5,7 @@ vector into Σ_n (∂ℓ_n/∂θ)² for the module's own parameters, where ℓ_n
 whose gradient is squared. Rules work in two steps so that a layer can sum over the C − 1 cotangent
 vectors of the exact Fisher before doing its expensive product:
 
-- ``partial(call, grads, names)`` → a dict of tensors that is *additive over cotangent vectors*;
+- ``partial(call, grads, names)`` → a `Partial`, *additive over cotangent vectors*;
 - ``finalize(call, partial, names)`` → {local parameter name: Σ_n (per-sample gradient)²}.
 
 Every rule also provides ``per_sample(call, grads, names)`` → {name: tensor (N, *param.shape)}, the
@@ -21,6 +21,7 @@ precision the Fisher is accumulated in, and rules cast the recorded inputs to it
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
@@ -34,6 +35,37 @@ from ewc.fisher.capture import ModuleCall
 PER_SAMPLE_BUDGET = 2**22
 
 
+@dataclass
+class Partial:
+    """What a rule accumulates for one call over the cotangent vectors, before `Rule.finalize`.
+
+    Attributes:
+        squares: local parameter name → Σ_n (per-sample gradient)², already final.
+        output_squares: Σ_v G_v², the squared gradients at the layer's output (N, O), for a rule
+            that forms its parameters' squares from them once, in ``finalize`` (a Linear layer's
+            (G²)ᵀ (A²)); None when the rule has none.
+    """
+
+    squares: dict[str, Tensor] = field(default_factory=dict)
+    output_squares: Tensor | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        """True before anything was added."""
+        return not self.squares and self.output_squares is None
+
+    def add_(self, other: Partial) -> Partial:
+        """Add ``other`` in place (the sum over cotangent vectors); returns self."""
+        for name, value in other.squares.items():
+            self.squares[name] = value if name not in self.squares else self.squares[name] + value
+        if other.output_squares is not None:
+            current = self.output_squares
+            self.output_squares = (
+                other.output_squares if current is None else current + other.output_squares
+            )
+        return self
+
+
 class Rule:
     """Squared per-sample gradients for the parameters of one kind of module."""
 
@@ -43,11 +75,9 @@ class Rule:
         """Per-sample gradients {name: (N, *param.shape)} for the cotangent behind ``grads``."""
         raise NotImplementedError
 
-    def partial(
-        self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
-    ) -> dict[str, Tensor]:
+    def partial(self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]) -> Partial:
         """Σ_n (per-sample gradient)², computed over chunks of samples to bound memory."""
-        return self._chunked_sums(call, grads, names, square=True)
+        return Partial(self._chunked_sums(call, grads, names, square=True))
 
     def summed(
         self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
@@ -70,10 +100,10 @@ class Rule:
         return totals
 
     def finalize(
-        self, call: ModuleCall, partial: dict[str, Tensor], names: Sequence[str]
+        self, call: ModuleCall, partial: Partial, names: Sequence[str]
     ) -> dict[str, Tensor]:
         """Turn the accumulated ``partial`` into {name: Σ_n (per-sample gradient)²}."""
-        return partial
+        return partial.squares
 
 
 def sum_except(tensor: Tensor, keep_last: int) -> Tensor:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ewc._chunks import sample_ranges
 from ewc.fisher.capture import ModuleCall
-from ewc.fisher.rules.base import PER_SAMPLE_BUDGET, Rule
+from ewc.fisher.rules.base import PER_SAMPLE_BUDGET, Partial, Rule
 
 
 class ConvRule(Rule):
@@ -51,9 +51,7 @@ class ConvRule(Rule):
         """Batch gradients Σ_n g_n X_nᵀ (by ``torch.nn.grad``) and Σ_n Σ_l g_n of weight, bias."""
         return _summed(call, grads[0], names)
 
-    def partial(
-        self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
-    ) -> dict[str, Tensor]:
+    def partial(self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]) -> Partial:
         """Σ_n (g_n X_nᵀ)² for the weight and Σ_n (Σ_l g_n)² for the bias.
 
         The weight's squares are summed over chunks of samples whose temporaries fit the budget.
@@ -74,7 +72,7 @@ class ConvRule(Rule):
             out["weight"] = _as_weight(squares, module.weight)
         if "bias" in names:
             out["bias"] = g.sum(-1).square().sum(0)
-        return out
+        return Partial(out)
 
 
 def _summed(call: ModuleCall, g: Tensor, names: Sequence[str]) -> dict[str, Tensor]:

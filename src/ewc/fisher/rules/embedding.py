@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ewc.fisher.capture import ModuleCall
-from ewc.fisher.rules.base import Rule
+from ewc.fisher.rules.base import Partial, Rule
 
 
 class EmbeddingRule(Rule):
@@ -52,9 +52,7 @@ class EmbeddingRule(Rule):
             total[module.padding_idx] = 0
         return {"weight": total}
 
-    def partial(
-        self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
-    ) -> dict[str, Tensor]:
+    def partial(self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]) -> Partial:
         """Σ_n (∂ℓ_n/∂W)² (V, D), formed sparsely from the (sample, id) pairs present.
 
         The output gradients are summed per distinct (sample, id) pair, squared, then added into the
@@ -70,7 +68,7 @@ class EmbeddingRule(Rule):
         squares.index_add_(0, unique_keys % module.num_embeddings, per_pair.square())
         if module.padding_idx is not None:
             squares[module.padding_idx] = 0
-        return {"weight": squares}
+        return Partial({"weight": squares})
 
 
 def _checked(call: ModuleCall) -> torch.nn.Embedding:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ewc.fisher.capture import ModuleCall
-from ewc.fisher.rules.base import Rule, sum_except
+from ewc.fisher.rules.base import Partial, Rule, sum_except
 
 
 class LinearRule(Rule):
@@ -55,9 +55,7 @@ class LinearRule(Rule):
             out["bias"] = g.reshape(-1, g.shape[-1]).sum(0)
         return out
 
-    def partial(
-        self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]
-    ) -> dict[str, Tensor]:
+    def partial(self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]) -> Partial:
         """G² (N, O) for 2-D inputs, additive over cotangent vectors; else the chunked default.
 
         With leading dimensions (a sequence input) the per-sample gradients are formed and squared
@@ -65,18 +63,18 @@ class LinearRule(Rule):
         """
         if call.input.dim() != 2:
             return super().partial(call, grads, names)
-        return {"grad_squared": grads[0].square()}
+        return Partial(output_squares=grads[0].square())
 
     def finalize(
-        self, call: ModuleCall, partial: dict[str, Tensor], names: Sequence[str]
+        self, call: ModuleCall, partial: Partial, names: Sequence[str]
     ) -> dict[str, Tensor]:
         """Turn the summed G² into (G²)ᵀ (A²) (O, I) for the weight and Σ_n G² (O,) for the bias.
 
         A partial from the chunked default is already final and is returned as it is.
         """
-        if "grad_squared" not in partial:
-            return partial
-        g2 = partial["grad_squared"]
+        g2 = partial.output_squares
+        if g2 is None:
+            return partial.squares
         out = {}
         if "weight" in names:
             out["weight"] = g2.T @ call.input.to(g2.dtype).square()
