@@ -175,3 +175,30 @@ def sequence_log_likelihood_loss(
         logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index, reduction="sum"
     )
     return flat / logits.shape[0]
+
+
+def check_finite(batch: Batch, logits: Tensor) -> None:
+    """Raise, naming the batch, if its inputs or the model's logits hold a NaN or an infinity."""
+    inputs = batch.inputs
+    if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+        bad = int((~torch.isfinite(inputs)).sum())
+        raise ValueError(
+            f"batch {batch.index}: the inputs hold {bad} non-finite values (NaN or infinity); "
+            "the Fisher is undefined there: clean or drop those samples"
+        )
+    if not bool(torch.isfinite(logits).all()):
+        bad = int((~torch.isfinite(logits)).sum())
+        raise ValueError(
+            f"batch {batch.index}: the model's logits hold {bad} non-finite values although the "
+            "inputs are finite (the weights or an activation overflowed); the Fisher is undefined"
+        )
+
+
+def check_finite_sums(sums: dict[str, Tensor]) -> None:
+    """Raise naming the parameters whose accumulated squared gradients are not finite."""
+    bad = [name for name, total in sums.items() if not bool(torch.isfinite(total).all())]
+    if bad:
+        raise ValueError(
+            f"the squared gradients of {bad} overflowed to non-finite values while the inputs and "
+            "logits were finite; compute the Fisher in a wider dtype (e.g. on model.double())"
+        )

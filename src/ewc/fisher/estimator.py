@@ -24,6 +24,8 @@ from ewc._batches import (
     IGNORE_INDEX,
     Batch,
     OutputFn,
+    check_finite,
+    check_finite_sums,
     check_targets,
     iterate_batches,
     model_logits,
@@ -160,6 +162,7 @@ def estimate(
             divisor = count
     if count == 0:
         raise ValueError("data yielded no samples: the Fisher is a mean over at least one input")
+    check_finite_sums(sums)
     values = {name: total / divisor for name, total in sums.items()}
     return DiagonalFisher(values, kind=kind, num_samples=count)
 
@@ -208,6 +211,7 @@ def _batched_sums(
     count = num_batches = 0
     for batch in batches:
         logits = model_logits(model, batch, setting.output_fn)
+        check_finite(batch, logits)
         check_targets(logits, batch.targets, batch, setting.ignore_index)
         loss = sequence_log_likelihood_loss(logits, batch.targets, setting.ignore_index)
         grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
@@ -234,6 +238,7 @@ def _per_sample_sums(
         for batch in batches:
             recorder.calls.clear()
             logits = model_logits(model, batch, setting.output_fn)
+            check_finite(batch, logits)
             vectors = _vectors(logits, batch, setting)
             shapes = _shapes(recorder.calls, batch)
             plan = _plan(

@@ -32,7 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ewc._batches import Batch, OutputFn, check_class_targets, iterate_batches, model_logits
+from ewc._batches import (
+    Batch,
+    OutputFn,
+    check_class_targets,
+    check_finite,
+    iterate_batches,
+    model_logits,
+)
 from ewc._chunks import sample_ranges
 from ewc._modes import evaluation_mode
 from ewc.fisher.capture import CallRecorder, ModuleCall
@@ -150,6 +157,7 @@ def _factor_sums(
         for batch in batches:
             recorder.calls.clear()
             logits = _class_logits(model_logits(model, batch, output_fn), batch)
+            check_finite(batch, logits)
             if kind.uses_labels:
                 check_class_targets(batch.targets, logits.shape[1], batch)
             _check_uses(logits, recorder.calls, layers, batch)
