@@ -20,7 +20,7 @@ over tasks (``mode="separate"``) or online (``mode="online"``, Schwarz et al. 20
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -28,6 +28,7 @@ import torch
 
 from ewc._batches import OutputFn
 from ewc.fisher import FisherKind, diagonal_fisher
+from ewc.integrations._lazy_penalty import LazyPenalty
 from ewc.penalties import EWC, PenaltyMode
 
 
@@ -64,19 +65,16 @@ class EWCCallback(pl.Callback):
     ):
         self.kind = FisherKind.parse(fisher)
         self.mode = PenaltyMode.parse(mode)
-        # The penalty's own checks of strength and gamma, now rather than when the fit starts:
-        EWC(torch.nn.Linear(1, 1), strength=strength, mode=self.mode, gamma=gamma)
-        self.strength, self.gamma = float(strength), float(gamma)
+        self._holder = LazyPenalty(strength, self.mode, gamma, "LightningModule")
+        self.strength, self.gamma = self._holder.strength, self._holder.gamma
         self.fisher_data = fisher_data
         self.num_samples = num_samples
         self.output_fn = output_fn
-        self._penalty: EWC | None = None
-        self._pending: Mapping[str, Any] | None = None
 
     @property
     def penalty(self) -> EWC | None:
         """The `ewc.EWC` penalty on the trained module (None before the first fit starts)."""
-        return self._penalty
+        return self._holder.penalty
 
     @property
     def state_key(self) -> str:
@@ -120,30 +118,15 @@ class EWCCallback(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """The penalty's `state_dict` (empty before the first fit), for Lightning checkpoints."""
-        if self._penalty is not None:
-            return {"penalty": self._penalty.state_dict()}
-        return {"penalty": self._pending} if self._pending is not None else {}
+        state = self._holder.state()
+        return {"penalty": state} if state is not None else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a `state_dict`; applied to the module when training starts."""
         state = state_dict.get("penalty")
-        if state is None:
-            return
-        if self._penalty is not None:
-            self._penalty.load_state_dict(state)
-        else:
-            self._pending = state
+        if state is not None:
+            self._holder.load_state_dict(state)
 
     def _penalty_for(self, pl_module: pl.LightningModule) -> EWC:
         """The penalty on ``pl_module``, created on first use; one callback serves one module."""
-        if self._penalty is None:
-            self._penalty = EWC(pl_module, strength=self.strength, mode=self.mode, gamma=self.gamma)
-            if self._pending is not None:
-                self._penalty.load_state_dict(self._pending)
-                self._pending = None
-        elif self._penalty.model is not pl_module:
-            raise ValueError(
-                "this EWCCallback holds the penalty of another LightningModule; use one callback "
-                "per module (the penalty anchors that module's parameters)"
-            )
-        return self._penalty
+        return self._holder.for_model(pl_module)

@@ -41,6 +41,7 @@ from transformers.models.auto import modeling_auto as auto
 from ewc._atomic import write_bytes_atomic
 from ewc._choices import Choice
 from ewc.fisher import DiagonalFisher, FisherKind, diagonal_fisher
+from ewc.integrations._lazy_penalty import LazyPenalty
 from ewc.penalties import EWC, PenaltyMode
 
 STATE_FILE = "ewc_penalty.safetensors"
@@ -112,22 +113,20 @@ class EWCCallback(transformers.TrainerCallback):
         self.kind = FisherKind.parse(fisher)
         self.mode = PenaltyMode.parse(mode)
         # The penalty's own checks of strength and gamma, now rather than when training starts:
-        EWC(nn.Linear(1, 1), strength=strength, mode=self.mode, gamma=gamma)
-        self.strength, self.gamma = float(strength), float(gamma)
+        self._holder = LazyPenalty(strength, self.mode, gamma, "model")
+        self.strength, self.gamma = self._holder.strength, self._holder.gamma
         self.task = ModelTask.parse(task) if task is not None else None
         self.fisher_data = fisher_data
         self.num_samples = num_samples
         self.data_collator = data_collator or transformers.default_data_collator
         self.batch_size = batch_size
-        self._penalty: EWC | None = None
-        self._pending: Mapping[str, Any] | None = None
         self._loaded_by_user = False
         self._values: list[float] = []
 
     @property
     def penalty(self) -> EWC | None:
         """The `ewc.EWC` penalty on the trained model (None before the first ``train()``)."""
-        return self._penalty
+        return self._holder.penalty
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         """Attach the penalty to the model; when resuming, read it from the checkpoint."""
@@ -224,36 +223,22 @@ class EWCCallback(transformers.TrainerCallback):
 
     def state_dict(self) -> dict[str, Any]:
         """The penalty's `state_dict`; before the first ``train()``, that of an empty penalty."""
-        if self._penalty is not None:
-            return self._penalty.state_dict()
-        if self._pending is not None:
-            return dict(self._pending)
+        state = self._holder.state()
+        if state is not None:
+            return dict(state)
         return EWC(
             nn.Linear(1, 1), strength=self.strength, mode=self.mode, gamma=self.gamma
         ).state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a `state_dict`; applied to the model when training starts."""
-        if self._penalty is not None:
-            self._penalty.load_state_dict(state)
-        else:
-            self._pending = state
+        self._holder.load_state_dict(state)
 
     def _penalty_for(self, model: nn.Module | None) -> EWC:
         """The penalty on ``model``, created on first use; one callback serves one model."""
         if model is None:
             raise ValueError("the Trainer passed no model to the EWC callback")
-        if self._penalty is None:
-            self._penalty = EWC(model, strength=self.strength, mode=self.mode, gamma=self.gamma)
-            if self._pending is not None:
-                self._penalty.load_state_dict(self._pending)
-                self._pending = None
-        elif self._penalty.model is not model:
-            raise ValueError(
-                "this EWCCallback holds the penalty of another model; use one callback per model "
-                "(the penalty anchors that model's parameters)"
-            )
-        return self._penalty
+        return self._holder.for_model(model)
 
 
 def infer_task(model: nn.Module) -> ModelTask:
