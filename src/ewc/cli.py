@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import re
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ewc._version import __version__
+from ewc.experiment.factories import import_from_working_directory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +63,12 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--quiet", action="store_true", help="print no progress, only the results")
     run.add_argument("--no-report", action="store_true", help="skip plots and report.html")
+    run.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write every cell's scalars under <run>/tensorboard/ (output.tensorboard; "
+        "needs ewc[tensorboard])",
+    )
     run.set_defaults(handler=_run)
 
 
@@ -364,7 +372,7 @@ def _download(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ewc.data import DataFileError, DatasetNotFoundError
-    from ewc.experiment.config import ConfigError
+    from ewc.experiment.config import ConfigError, OutputConfig
     from ewc.experiment.runner import run_experiment
     from ewc.experiment.storage.checkpoint import CheckpointError
     from ewc.experiment.storage.rundir import RunDirectoryError
@@ -372,6 +380,8 @@ def _run(args: argparse.Namespace) -> int:
     run_dir = None
     try:
         config, run_dir = _run_config_and_dir(args)
+        if args.tensorboard:  # unhashed, so it also applies to a resumed run's recorded config
+            config = dataclasses.replace(config, output=OutputConfig(tensorboard=True))
         resume = args.resume is not None
         result = run_experiment(config, run_dir, resume=resume, jobs=args.jobs, quiet=args.quiet)
     except (
@@ -489,6 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 0
+    import_from_working_directory()  # model.factory / benchmark.factory, as `python -m` finds them
     return _guarded(args)
 
 
@@ -515,7 +526,13 @@ def _guarded(args: argparse.Namespace) -> int:
 
 
 #: The optional dependencies and the extra that installs them.
-_OPTIONAL = {"safetensors": "run", "matplotlib": "run", "tomli": "run", "optuna": "sweep"}
+_OPTIONAL = {
+    "safetensors": "run",
+    "matplotlib": "run",
+    "tomli": "run",
+    "optuna": "sweep",
+    "tensorboardX": "tensorboard",
+}
 
 #: What to do about the OS errors a user can cause.
 _ADVICE = {

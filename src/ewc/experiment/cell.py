@@ -28,6 +28,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from ewc._atomic import write_json_atomic
 from ewc._batches import Batch
 from ewc.experiment.config import Optimizer, RunConfig
+from ewc.experiment.model_factory import build_factory_model
 from ewc.experiment.models import build_model
 from ewc.experiment.outcome import CellOutcome, Divergence
 from ewc.experiment.progress import Progress
@@ -42,6 +43,7 @@ from ewc.experiment.storage.events import (
     TrainEvent,
 )
 from ewc.experiment.storage.rundir import Cell, RunDirectory
+from ewc.experiment.tensorboard import export_cell
 from ewc.experiment.strategies import Strategy, StrategyFactory, TaskContext, build_strategy
 from ewc.experiment.streams.benchmarks import TaskStream, TensorBatches
 from ewc.training import NonFiniteLossError, evaluate, train_step
@@ -245,6 +247,8 @@ def run_cell(
         outcome = _train_cell(parts)
     finally:
         events.close()
+    if config.output.tensorboard:  # scalars derived from the log just closed
+        export_cell(run_dir, cell)
     if outcome.divergence is not None:
         write_json_atomic(marker, outcome.divergence.to_json())
     return outcome
@@ -395,13 +399,17 @@ def derived_seed(seed: int, purpose: str) -> int:
 
 def _initial_model(config: RunConfig, stream: TaskStream, seed: int) -> nn.Module:
     """The seed's initial weights, on the configured device: the same for every strategy."""
-    model = build_model(
-        config.model.name,
-        num_outputs=stream.num_outputs,
-        heads=stream.heads,
-        hidden=tuple(config.model.hidden),
-        seed=seed,
-    )
+    if config.model.factory is not None:  # your own network (ewc.experiment.model_factory)
+        model = build_factory_model(config.model.factory, stream, seed)
+    else:
+        model = build_model(
+            config.model.name,
+            num_outputs=stream.num_outputs,
+            heads=stream.heads,
+            hidden=tuple(config.model.hidden),
+            input_shape=tuple(stream.tasks[0].train_inputs.shape[1:]),
+            seed=seed,
+        )
     return model.to(torch.device(config.training.device))
 
 

@@ -89,6 +89,7 @@ class BenchmarkConfig:
     angles: list[float] | None = None  # rotated only; None: evenly spaced
     train_samples: int | None = at_least(1, None)  # at most this many training samples per task
     test_samples: int | None = at_least(1, None)  # at most this many test samples per task
+    factory: str | None = None  # "pkg.module:function": your own tasks (name "custom")
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class ModelConfig:
 
     name: ModelName = ModelName.MLP
     hidden: list[int] = field(default_factory=lambda: [400, 400], metadata={"at_least": 1})
+    factory: str | None = None  # "pkg.module:function": your own network (name, hidden unused)
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,13 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class OutputConfig:
+    """What a run writes besides its run directory; it never changes results, so it is unhashed."""
+
+    tensorboard: bool = False  # every cell's scalars under <run>/tensorboard/ (ewc[tensorboard])
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything that determines a run's results."""
 
@@ -127,6 +136,7 @@ class RunConfig:
     compare: list[str] = field(default_factory=lambda: ["finetune", "l2", "ewc"])  # which run
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"at_least": 0})
     checkpoint_every: int = at_least(0, 500)  # steps between mid-task checkpoints (0: task ends)
+    output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-able data (options as their strings)."""
@@ -139,6 +149,7 @@ class RunConfig:
         earlier run had (`UNHASHED_DEFAULTS`), so that those runs can still be resumed.
         """
         data = self.to_dict()
+        data.pop("output")  # what is written besides the run directory, never the results
         for table, defaults in UNHASHED_DEFAULTS.items():
             for key, value in defaults.items():
                 if data[table].get(key) == value:
@@ -148,7 +159,11 @@ class RunConfig:
 
 
 #: Keys that configs recorded before they existed lack, and the value those runs used.
-UNHASHED_DEFAULTS: dict[str, dict[str, Any]] = {"training": {"device": "cpu"}}
+UNHASHED_DEFAULTS: dict[str, dict[str, Any]] = {
+    "training": {"device": "cpu"},
+    "benchmark": {"factory": None},  # your own tasks and model (ewc.experiment.factories)
+    "model": {"factory": None},
+}
 
 
 def _plain_dict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -187,6 +202,7 @@ BENCHMARK_DEFAULTS: dict[Benchmark, dict[str, Any]] = {
     # Rotated (0°-144°, one head): EWC's ACC over seeds 0-2 was 64.5% at λ = 50, 69.2% at 200,
     # 65.8% at 1000 and 53.9% at 5000; the rotations share pixels, so the tasks conflict more.
     Benchmark.ROTATED: {"training": {"lr_schedule": LrSchedule.COSINE.value}},
+    Benchmark.CUSTOM: {},  # your own tasks (benchmark.factory): the dataclass defaults
 }
 
 #: The strategies every config defines (more can be added under new names with a ``type``).
@@ -228,10 +244,19 @@ def resolve(file: str | Path | None = None, overrides: Sequence[str] = ()) -> Ru
     """The config from benchmark defaults, then the TOML ``file``, then ``key=value`` overrides."""
     from_file = load_toml(file) if file is not None else {}
     from_overrides = parse_overrides(overrides)
-    name = _benchmark_name(from_overrides) or _benchmark_name(from_file) or Benchmark.PERMUTED
+    name = _benchmark_name(from_overrides) or _benchmark_name(from_file)
+    name = name or _implied_benchmark([from_file, from_overrides])
     merged = merge(merge(defaults_for(name), from_file), from_overrides)
     _drop_unused_optional(merged, [from_file, from_overrides])
     return fill_stream_defaults(from_dict(merged))
+
+
+def _implied_benchmark(given: list[Mapping[str, Any]]) -> Benchmark:
+    """``custom`` when a ``benchmark.factory`` is given, else ``permuted``."""
+    tables = [source.get("benchmark") for source in given]
+    if any(isinstance(t, Mapping) and t.get("factory") is not None for t in tables):
+        return Benchmark.CUSTOM
+    return Benchmark.PERMUTED
 
 
 def _drop_unused_optional(merged: dict[str, Any], given: list[Mapping[str, Any]]) -> None:
@@ -258,7 +283,7 @@ def fill_stream_defaults(config: RunConfig) -> RunConfig:
     scenario = b.scenario if b.scenario is not None else DEFAULTS[b.name].scenario
     multi_head = b.multi_head if b.multi_head is not None else scenario is Scenario.TASK
     source = b.source
-    if source is None:
+    if source is None and b.name is not Benchmark.CUSTOM:
         embedded = b.dataset is DatasetName.MNIST and b.data_dir is None
         source = Source.EMBEDDED if embedded else Source.AUTO
     benchmark = dataclasses.replace(b, scenario=scenario, multi_head=multi_head, source=source)
@@ -300,11 +325,35 @@ def _check_combinations(config: RunConfig) -> None:
             "benchmark.multi_head = true needs benchmark.scenario = 'task' (a head per task "
             f"means telling the model the task); got benchmark.scenario = {b.scenario.value!r}"
         )
+    _check_custom(b)
     if b.data_dir is not None and b.source not in (Source.DIR, Source.AUTO):
         raise ConfigError(
             f"benchmark.data_dir is set but benchmark.source = {b.source.value!r} does not read "
             "it; use benchmark.source = 'dir' or 'auto', or leave the source unset"
         )
+
+
+def _check_custom(b: BenchmarkConfig) -> None:
+    """Your own tasks (``benchmark.factory``) go with ``benchmark.name = 'custom'`` only."""
+    custom = b.name is Benchmark.CUSTOM
+    if custom and b.factory is None:
+        raise ConfigError(
+            "benchmark.name = 'custom' needs benchmark.factory = 'pkg.module:function', the "
+            "function that returns your tasks (docs/own-model.md)"
+        )
+    if not custom and b.factory is not None:
+        raise ConfigError(
+            f"benchmark.factory is set, so benchmark.name must be 'custom' (or left out); "
+            f"got benchmark.name = {b.name.value!r}"
+        )
+    image_only = {"source": b.source, "data_dir": b.data_dir, "angles": b.angles}
+    image_only["classes_per_task"] = None if b.classes_per_task == 2 else b.classes_per_task
+    for key, value in image_only.items():
+        if custom and value is not None:
+            raise ConfigError(
+                f"benchmark.{key} applies to the image benchmarks, not to your own tasks "
+                f"(benchmark.factory); remove it (got {value!r})"
+            )
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

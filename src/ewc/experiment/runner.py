@@ -26,12 +26,15 @@ from ewc._version import __version__
 from ewc.data import ImageDataset, load_dataset
 from ewc.experiment.cell import run_cell
 from ewc.experiment.config import RunConfig
+from ewc.experiment.model_factory import build_factory_model
 from ewc.experiment.outcome import CellOutcome
 from ewc.experiment.progress import LineProgress, Progress, make_progress
 from ewc.experiment.storage.rundir import Cell, RunDirectory, RunDirectoryError
 from ewc.experiment.strategies import BUILTIN_STRATEGIES, StrategyFactory, build_strategy
-from ewc.experiment.streams.benchmarks import TaskStream, build_stream
+from ewc.experiment.streams.benchmarks import DEFAULTS, TaskStream, build_stream
+from ewc.experiment.streams.factory import CustomTasks, stream_fingerprint
 from ewc.experiment.summary import Summary, summarize
+from ewc.experiment.tensorboard import export_run, require_writer
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ def run_experiment(
     jobs: int = 1,
     strategies: Mapping[str, StrategyFactory] = BUILTIN_STRATEGIES,
     progress: Progress | None = None,
-    data: ImageDataset | None = None,
+    data: ImageDataset | CustomTasks | None = None,
     quiet: bool = False,
 ) -> RunResult:
     """Train every (seed, strategy) cell of ``config`` and write the run directory.
@@ -84,10 +87,13 @@ def run_experiment(
         RunDirectoryError: ``run_dir`` cannot be used as asked.
     """
     _check_jobs(jobs)
+    if config.output.tensorboard:
+        require_writer()
     progress = progress or make_progress(quiet=quiet)
     started = time.perf_counter()
     data = data if data is not None else load_data(config)
     _check_strategies(config, strategies)
+    _check_model(config, data)
     directory = _open_run_dir(config, data, run_dir, resume, progress)
     cells = [Cell(seed, name) for seed in config.seeds for name in config.compare]
     outcomes = _run_cells(config, data, directory, cells, strategies, progress, jobs, quiet)
@@ -95,6 +101,8 @@ def run_experiment(
         if outcome.rows is not None:
             directory.write_matrix(outcome.cell, outcome.rows)
     directory.assemble_metrics(cells)
+    if config.output.tensorboard:
+        export_run(directory, cells)
     b = config.benchmark
     wall_time = time.perf_counter() - started
     summary = summarize(b.scenario or "", b.name, outcomes, wall_time)
@@ -103,15 +111,26 @@ def run_experiment(
     return RunResult(directory.path, tuple(outcomes), summary)
 
 
-def load_data(config: RunConfig) -> ImageDataset:
-    """The data set the benchmark draws its tasks from."""
+def load_data(config: RunConfig) -> ImageDataset | CustomTasks:
+    """The data set the benchmark draws its tasks from (your own tasks: their factory)."""
     b = config.benchmark
+    if b.factory is not None:
+        return CustomTasks(b.factory)
     return load_dataset(b.dataset, source=b.source, data_dir=b.data_dir)
 
 
-def stream_for(config: RunConfig, data: ImageDataset, seed: int) -> TaskStream:
+def stream_for(config: RunConfig, data: ImageDataset | CustomTasks, seed: int) -> TaskStream:
     """The task stream of one seed (the same for every strategy of that seed)."""
     b = config.benchmark
+    if isinstance(data, CustomTasks):
+        return data.stream(
+            seed=seed,
+            scenario=b.scenario or DEFAULTS[b.name].scenario,
+            multi_head=bool(b.multi_head),
+            num_tasks=b.num_tasks,
+            train_samples=b.train_samples,
+            test_samples=b.test_samples,
+        )
     return build_stream(
         b.name,
         data,
@@ -139,16 +158,30 @@ def _check_strategies(config: RunConfig, factories: Mapping[str, StrategyFactory
         build_strategy(name, config.strategies[name], probe, factories)
 
 
+def _check_model(config: RunConfig, data: ImageDataset | CustomTasks) -> None:
+    """Build your own model (``model.factory``) once, so that a bad one fails before the run."""
+    if config.model.factory is not None:
+        seed = config.seeds[0]
+        build_factory_model(config.model.factory, stream_for(config, data, seed), seed)
+
+
 def _check_jobs(jobs: int) -> None:
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer; got {jobs!r}")
 
 
 def _open_run_dir(
-    config: RunConfig, data: ImageDataset, run_dir: Any, resume: bool, progress: Progress
+    config: RunConfig,
+    data: ImageDataset | CustomTasks,
+    run_dir: Any,
+    resume: bool,
+    progress: Progress,
 ) -> RunDirectory:
     """The run directory: opened for a resume, else created with the run's record."""
-    fingerprint = data_fingerprint(data)
+    if isinstance(data, CustomTasks):  # your tasks, as the factory builds them for the first seed
+        fingerprint = stream_fingerprint(stream_for(config, data, config.seeds[0]))
+    else:
+        fingerprint = data_fingerprint(data)
     unstarted = RunDirectory(run_dir).is_unstarted()
     if unstarted and (resume or any(Path(run_dir).iterdir())):  # not a fresh empty folder
         progress.announce(
@@ -168,7 +201,9 @@ def _open_run_dir(
     return RunDirectory.create(run_dir, _config_record(config, data, fingerprint))
 
 
-def _config_record(config: RunConfig, data: ImageDataset, fingerprint: str) -> dict[str, Any]:
+def _config_record(
+    config: RunConfig, data: ImageDataset | CustomTasks, fingerprint: str
+) -> dict[str, Any]:
     """The content of config.json: config, versions, hash, data provenance, task names."""
     first_stream = stream_for(config, data, config.seeds[0])
     return {
@@ -201,7 +236,7 @@ def data_fingerprint(data: ImageDataset) -> str:
 
 def _run_cells(
     config: RunConfig,
-    data: ImageDataset,
+    data: ImageDataset | CustomTasks,
     directory: RunDirectory,
     cells: list[Cell],
     factories: Mapping[str, StrategyFactory],
@@ -227,7 +262,7 @@ def _run_cells(
 
 def _run_cell_in_worker(
     config: RunConfig,
-    data: ImageDataset,
+    data: ImageDataset | CustomTasks,
     path: Path,
     cell: Cell,
     factories: Mapping[str, StrategyFactory],

@@ -42,6 +42,7 @@ from ewc.experiment.streams.tasks import (
     Scenario,
     Task,
     TaskStream,
+    output_layout,
 )
 from ewc.experiment.streams.transforms import permute_pixels, rotate, to_unit_interval
 
@@ -91,6 +92,9 @@ DEFAULTS: Mapping[Benchmark, BenchmarkDefaults] = MappingProxyType(
         Benchmark.ROTATED: BenchmarkDefaults(
             5, Scenario.DOMAIN, "5 rotations at 180°·t/5: 0°, 36°, 72°, 108°, 144°"
         ),
+        Benchmark.CUSTOM: BenchmarkDefaults(
+            None, Scenario.TASK, "your own tasks, from benchmark.factory (streams.factory)"
+        ),
     }
 )
 """Per-benchmark defaults of :func:`build_stream` (read-only)."""
@@ -132,6 +136,11 @@ def build_stream(
             outside task-IL, or an option given to a benchmark that does not use it.
     """
     kind = Benchmark.parse(benchmark)
+    if kind is Benchmark.CUSTOM:
+        raise ValueError(
+            "the 'custom' benchmark is made of your own tasks: build it with "
+            "ewc.experiment.streams.factory.CustomTasks, not from an image data set"
+        )
     if not isinstance(data, ImageDataset):
         raise TypeError(f"data must be an ewc.data.ImageDataset; got {type(data).__name__}")
     chosen = Scenario.parse(DEFAULTS[kind].scenario if scenario is None else scenario)
@@ -150,8 +159,7 @@ def build_stream(
         tasks = _permuted_tasks(recipe, num_tasks or _default_count(kind), seed)
     else:
         tasks = _rotated_tasks(recipe, _resolve_angles(num_tasks, angles))
-    widths = [len(task.classes) for task in tasks]
-    shared = chosen is not Scenario.DOMAIN and not (multi_head and len(tasks) > 1)
+    num_outputs, heads = output_layout(chosen, multi_head, [len(task.classes) for task in tasks])
     return TaskStream(
         benchmark=kind,
         scenario=chosen,
@@ -159,8 +167,8 @@ def build_stream(
         source=data.source,
         is_subset=data.is_subset,
         tasks=tuple(tasks),
-        num_outputs=sum(widths) if shared else max(widths),
-        heads=len(tasks) if multi_head and len(tasks) > 1 else 1,
+        num_outputs=num_outputs,
+        heads=heads,
     )
 
 

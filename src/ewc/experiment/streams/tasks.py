@@ -31,6 +31,7 @@ the class-IL output layer with the other tasks' columns masked out, as in van de
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -62,6 +63,7 @@ class Benchmark(Choice):
     PERMUTED = "permuted"
     SPLIT = "split"
     ROTATED = "rotated"
+    CUSTOM = "custom"  # your own tasks, from a factory (:mod:`.factory`)
 
 
 @dataclass(frozen=True, eq=False)
@@ -188,6 +190,17 @@ class TaskStream:
             f"{subset}, tasks={self.num_tasks}, num_outputs={self.num_outputs}, "
             f"heads={self.heads})"
         )
+
+
+def output_layout(scenario: Scenario, multi_head: bool, widths: Sequence[int]) -> tuple[int, int]:
+    """``(num_outputs, heads)`` of a stream whose tasks have ``widths`` classes (module table).
+
+    Task-IL with one head and class-IL share one layer of Σ_t k_t outputs; domain-IL and a head
+    per task need max_t k_t; several heads only with ``multi_head`` and more than one task.
+    """
+    several = multi_head and len(widths) > 1
+    shared = scenario is not Scenario.DOMAIN and not several
+    return (sum(widths) if shared else max(widths)), (len(widths) if several else 1)
 
 
 def _describe(output: object) -> str:

@@ -169,7 +169,7 @@ class _DataCache:
 
     def get(self, config: Any) -> ImageDataset:
         b = config.benchmark
-        key = (b.dataset, b.source, b.data_dir)
+        key = (b.dataset, b.source, b.data_dir, b.factory)
         if key not in self._loaded:
             self._loaded[key] = load_data(config)
         return self._loaded[key]
