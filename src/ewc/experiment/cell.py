@@ -43,9 +43,9 @@ from ewc.experiment.storage.events import (
     TrainEvent,
 )
 from ewc.experiment.storage.rundir import Cell, RunDirectory
-from ewc.experiment.tensorboard import export_cell
 from ewc.experiment.strategies import Strategy, StrategyFactory, TaskContext, build_strategy
 from ewc.experiment.streams.benchmarks import TaskStream, TensorBatches
+from ewc.experiment.tensorboard import export_cell
 from ewc.training import NonFiniteLossError, evaluate, train_step
 
 
