@@ -121,8 +121,10 @@ def model_description(model: Mapping[str, Any]) -> str:
     """The model of the config's ``model`` section, described by what it is.
 
     ``mlp``: its hidden widths (the only widths the config holds); ``cnn``: its fixed layers, since
-    it ignores ``hidden``; another name: its settings as they are.
+    it ignores ``hidden``; another name: its settings as they are; ``model.factory``: the factory.
     """
+    if model.get("factory"):  # your own network: name and hidden do not describe it
+        return f"{model['factory']} (model.factory)"
     name, hidden = model.get("name", "?"), model.get("hidden")
     if name == "mlp" and isinstance(hidden, list):
         if not hidden:
