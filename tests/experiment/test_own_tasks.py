@@ -1,4 +1,4 @@
-"""Your own tasks and model in `ewc run`: the protocol, its errors, and the whole machinery on it."""
+"""Your own tasks and model in `ewc run`: the protocol, its errors, the machinery on them."""
 
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def test_sample_limits_and_task_count(factories):
     )
     assert stream.num_tasks == 1
     assert (len(stream.tasks[0].train_targets), len(stream.tasks[0].test_targets)) == (5, 3)
-    with pytest.raises(FactoryError, match="benchmark.num_tasks = 3, but .* returned 2 tasks"):
+    with pytest.raises(FactoryError, match=r"benchmark\.num_tasks = 3, but .* returned 2 tasks"):
         CustomTasks("own_factories:tasks").stream(seed=0, scenario=Scenario.TASK, num_tasks=3)
 
 
@@ -213,7 +213,7 @@ def test_a_factory_implies_the_custom_benchmark_and_old_hashes_stay():
     split_cnn = resolve(overrides=["benchmark.name=split", "model.name=cnn"])
     assert split_cnn.hash() == "30ce288a0f61969cbba8531cfc1ec6b1091698d9fe45cb916223114613395991"
     assert resolve(overrides=["output.tensorboard=true"]).hash() == resolve().hash()
-    with pytest.raises(ConfigError, match="output.tensorboard must be of type bool"):
+    with pytest.raises(ConfigError, match=r"output\.tensorboard must be of type bool"):
         resolve(overrides=["output.tensorboard=3"])
 
 

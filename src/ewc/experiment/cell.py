@@ -45,7 +45,7 @@ from ewc.experiment.storage.events import (
 from ewc.experiment.storage.rundir import Cell, RunDirectory
 from ewc.experiment.strategies import Strategy, StrategyFactory, TaskContext, build_strategy
 from ewc.experiment.streams.benchmarks import TaskStream, TensorBatches
-from ewc.experiment.tensorboard import export_cell
+from ewc.experiment.tensorboard import open_event_log
 from ewc.training import NonFiniteLossError, evaluate, train_step
 
 
@@ -237,7 +237,7 @@ def run_cell(
         record = json.loads(marker.read_text(encoding="utf-8"))
         return CellOutcome(cell, divergence=Divergence.from_json(record))
     state = _initial_state(config, stream, cell, factories)
-    events = EventLog(run_dir.events_path(cell))
+    events = open_event_log(run_dir, cell, tensorboard=config.output.tensorboard)
     store = CheckpointStore(run_dir.checkpoint_dir(cell), keep=2)
     checkpoints = CheckpointPolicy(store, config.checkpoint_every, config.hash(), cell)
     evaluator = Evaluator(stream, config.training.eval_batch_size)
@@ -247,8 +247,6 @@ def run_cell(
         outcome = _train_cell(parts)
     finally:
         events.close()
-    if config.output.tensorboard:  # scalars derived from the log just closed
-        export_cell(run_dir, cell)
     if outcome.divergence is not None:
         write_json_atomic(marker, outcome.divergence.to_json())
     return outcome

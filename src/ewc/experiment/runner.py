@@ -102,7 +102,7 @@ def run_experiment(
             directory.write_matrix(outcome.cell, outcome.rows)
     directory.assemble_metrics(cells)
     if config.output.tensorboard:
-        export_run(directory, cells)
+        export_run(directory, cells, missing_only=True)  # cells that did not train now
     b = config.benchmark
     wall_time = time.perf_counter() - started
     summary = summarize(b.scenario or "", b.name, outcomes, wall_time)

@@ -68,7 +68,11 @@ class CustomTasks:
         """What config.json and the report call the data: the factory string."""
         return self.factory
 
-    source = "factory"
+    @property
+    def source(self) -> str:
+        """Where the data came from, as config.json and the report say it."""
+        return f"your own tasks, from benchmark.factory {self.factory}"
+
     is_subset = False
 
     def stream(
