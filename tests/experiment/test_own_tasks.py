@@ -283,3 +283,13 @@ def test_the_factory_module_is_found_in_the_working_directory(tmp_path, monkeypa
     own = ["benchmark.factory=cwd_only_factories:tasks", "model.factory=cwd_only_factories:model"]
     assert main(["run", *arguments, *own]) == 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["tasks"] == ["t0", "t1"]
+
+
+def test_the_built_in_mlp_on_your_own_tasks_in_worker_processes(factories):
+    overrides = [*TINY[:1], *TINY[2:], "model.hidden=[4]", "benchmark.scenario=domain"]
+    config = resolve(overrides=overrides)
+    one = run_experiment(config, factories / "one", quiet=True)
+    two = run_experiment(config, factories / "two", quiet=True, jobs=2)
+    assert one.matrices == two.matrices
+    record = json.loads((factories / "one" / "config.json").read_text())
+    assert record["config"]["model"] == {"name": "mlp", "hidden": [4], "factory": None}
