@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -86,8 +87,15 @@ def factories(tmp_path, monkeypatch):
     (tmp_path / "own_broken.py").write_text("raise RuntimeError('boom')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
+    forget_modules()
     yield tmp_path
-    monkeypatch.delitem(__import__("sys").modules, "own_factories", raising=False)
+    forget_modules()  # not through monkeypatch, whose undo would put them back
+
+
+def forget_modules() -> None:
+    """Drop this file's factory modules, so that the next test imports its own copy."""
+    for name in ("own_factories", "own_broken", "cwd_only_factories"):
+        sys.modules.pop(name, None)
 
 
 OWN = ["benchmark.factory=own_factories:tasks", "model.factory=own_factories:model"]
@@ -246,7 +254,7 @@ def test_a_changed_factory_output_refuses_to_resume(factories, capsys):
         run_experiment(config, factories / "cut", progress=StopAfter(3), quiet=True)
     source = factories / "own_factories.py"
     source.write_text(source.read_text().replace("_data(classes, 40", "_data(classes, 41"))
-    __import__("sys").modules.pop("own_factories")
+    sys.modules.pop("own_factories")
     assert main(["run", "--resume", "cut", "--quiet", "--no-report"]) == 2
     assert "was run on other data" in capsys.readouterr().err
 
@@ -278,10 +286,11 @@ def test_the_model_factory_works_on_a_built_in_benchmark(factories, monkeypatch)
 def test_the_factory_module_is_found_in_the_working_directory(tmp_path, monkeypatch, capsys):
     (tmp_path / "cwd_only_factories.py").write_text(FACTORIES)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", ".")])
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])
     arguments = ["--out", "run", "--quiet", "--no-report", *TINY[2:], 'compare=["finetune"]']
     own = ["benchmark.factory=cwd_only_factories:tasks", "model.factory=cwd_only_factories:model"]
     assert main(["run", *arguments, *own]) == 0
+    forget_modules()
     assert json.loads((tmp_path / "run" / "config.json").read_text())["tasks"] == ["t0", "t1"]
 
 

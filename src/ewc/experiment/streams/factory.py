@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -57,11 +57,25 @@ class TaskSpec:
 class CustomTasks:
     """The tasks of ``benchmark.factory``; the runner's stand-in for an image data set.
 
+    Each stream is built once per set of arguments and kept (the runner asks for the first seed's
+    several times: to check the model, fingerprint the data, name the tasks); a copy sent to a
+    worker process keeps only the factory string and builds its own.
+
     Attributes:
         factory: ``"pkg.module:function"``, a function ``(seed: int) -> Sequence[TaskSpec]``.
     """
 
     factory: str
+    _built: dict[tuple[Any, ...], TaskStream] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"factory": self.factory}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        object.__setattr__(self, "factory", state["factory"])
+        object.__setattr__(self, "_built", {})
 
     @property
     def name(self) -> str:
@@ -100,6 +114,19 @@ class CustomTasks:
                 `TaskSpec`, or a task's data does not match its declared classes or the others'
                 input shape; the message names the factory and the task.
         """
+        key = (seed, scenario, multi_head, num_tasks, train_samples, test_samples)
+        if key not in self._built:
+            self._built[key] = self._build(seed, scenario, multi_head, num_tasks, key[-2:])
+        return self._built[key]
+
+    def _build(
+        self,
+        seed: int,
+        scenario: Scenario,
+        multi_head: bool,
+        num_tasks: int | None,
+        limits: tuple[int | None, int | None],
+    ) -> TaskStream:
         specs = _call(self.factory, seed)
         if num_tasks is not None:
             if num_tasks > len(specs):
@@ -112,7 +139,7 @@ class CustomTasks:
         for index, spec in enumerate(specs):
             where = f"task {index + 1} ({spec.name!r}) of {KEY} {self.factory!r}"
             shift = offset if scenario is Scenario.CLASS else 0
-            tasks.append(_task(index, spec, where, shift, (train_samples, test_samples)))
+            tasks.append(_task(index, spec, where, shift, limits))
             offset += len(tasks[-1].classes)
         _check_shapes(tasks, self.factory)
         num_outputs, heads = output_layout(scenario, multi_head, [len(t.classes) for t in tasks])
