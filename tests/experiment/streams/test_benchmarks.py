@@ -310,12 +310,14 @@ def test_output_fn_rejects_bad_task_indices(data):
 def test_defaults_are_read_only_and_used(data):
     with pytest.raises(TypeError):
         DEFAULTS[Benchmark.SPLIT] = DEFAULTS[Benchmark.PERMUTED]  # type: ignore[index]
-    for benchmark in Benchmark:
+    for benchmark in set(Benchmark) - {Benchmark.CUSTOM}:  # custom: your tasks, not an image set
         stream = build_stream(benchmark, data)
         expected = DEFAULTS[benchmark].num_tasks or 5
         assert (stream.num_tasks, stream.scenario) == (expected, DEFAULTS[benchmark].scenario)
         assert stream.benchmark is benchmark
     assert Scenario("class").title == "class-incremental"
+    with pytest.raises(ValueError, match=r"made of your own tasks: build it with .*CustomTasks"):
+        build_stream(Benchmark.CUSTOM, data)
 
 
 def test_the_embedded_mnist_subset():
