@@ -264,7 +264,7 @@ def test_the_device_is_recorded_resolved():
         (
             ["benchmark.name=shuffled"],
             r"^benchmark\.name: unknown benchmark 'shuffled'; valid benchmarks are 'permuted', "
-            "'split', 'rotated'$",
+            "'split', 'rotated', 'custom'$",  # custom: with benchmark.factory
         ),
         (
             ["benchmark.scenario=domain", "benchmark.multi_head=true"],
