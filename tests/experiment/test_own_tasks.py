@@ -76,6 +76,23 @@ def wrong_shape_model(spec):
     return nn.Linear(spec.input_shape[0], 1)
 
 
+def tokens(seed):
+    """Sequences of 6 token ids (vocabulary 10); the label: is token 1 or 2 the more frequent."""
+    generator = torch.Generator().manual_seed(seed)
+    stream = []
+    for t, pair in enumerate([(1, 2), (3, 4)]):
+        x = torch.randint(0, 10, (48, 6), generator=generator)
+        y = ((x == pair[1]).sum(1) > (x == pair[0]).sum(1)).long() + 2 * t
+        stream.append(TaskSpec(f"tokens {pair}", TensorDataset(x[:32], y[:32]),
+                               TensorDataset(x[32:], y[32:]), (2 * t, 2 * t + 1)))
+    return stream
+
+
+def bag_model(spec):
+    assert spec.input_dtype == torch.int64 and spec.input_shape == (6,)
+    return nn.Sequential(nn.Embedding(10, 8), nn.Flatten(), nn.Linear(48, spec.num_outputs))
+
+
 broken = 3
 '''
 
@@ -302,3 +319,16 @@ def test_the_built_in_mlp_on_your_own_tasks_in_worker_processes(factories):
     assert one.matrices == two.matrices
     record = json.loads((factories / "one" / "config.json").read_text())
     assert record["config"]["model"] == {"name": "mlp", "hidden": [4], "factory": None}
+
+
+def test_token_sequences_train_with_every_strategy(factories):
+    overrides = [
+        "benchmark.factory=own_factories:tokens",
+        "model.factory=own_factories:bag_model",
+        "benchmark.scenario=class",
+        *TINY[2:-1],
+        'compare=["finetune", "ewc", "online-ewc", "kfac-ewc", "si", "mas"]',
+    ]
+    result = run_experiment(resolve(overrides=overrides), factories / "run", quiet=True)
+    assert len(result.matrices) == 6
+    assert not result.diverged
