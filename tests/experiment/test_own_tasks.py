@@ -187,7 +187,11 @@ def test_sample_limits_and_task_count(factories):
             "module 'no_such_module_xyz' cannot be imported (ModuleNotFoundError",
         ),
         (["benchmark.factory=own_broken:tasks"], "cannot be imported (RuntimeError: boom)"),
-        (["benchmark.factory=own_factories:missing"], "has no 'missing'; it defines"),
+        (
+            ["benchmark.factory=own_factories:missing"],
+            "has no 'missing'; the public functions it defines: Pairs, bad_labels, bag_model, "
+            "model, not_a_list, tasks, tokens, wrong_shape_model, wrong_type_model",
+        ),
         (["benchmark.factory=own_factories:broken"], "'own_factories:broken' is a int, not a"),
         (
             ["benchmark.factory=own_factories:not_a_list"],

@@ -45,10 +45,10 @@ def load_function(spec: str, key: str) -> Callable[..., Any]:
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):
-            defined = sorted(n for n in vars(module) if not n.startswith("_"))
+            own = ", ".join(_own_functions(module)) or "none"
             raise FactoryError(
                 f"{where}: module {module_name!r} ({getattr(module, '__file__', '?')}) has no "
-                f"{attribute!r}; it defines {', '.join(defined) or 'nothing public'}"
+                f"{attribute!r}; the public functions it defines: {own}"
             )
         target = getattr(target, part)
     if not callable(target):
@@ -64,6 +64,17 @@ def import_from_working_directory() -> None:
     here = os.getcwd()
     if "" not in sys.path and here not in sys.path:
         sys.path.insert(0, here)
+
+
+def _own_functions(module: Any) -> list[str]:
+    """The public callables defined in ``module`` itself (not imported into it), sorted."""
+    return sorted(
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and callable(value)
+        and getattr(value, "__module__", None) == module.__name__
+    )
 
 
 def _dotted(name: str) -> bool:
