@@ -365,6 +365,7 @@ def _download(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from ewc.data import DataFileError, DatasetNotFoundError
     from ewc.experiment.config import ConfigError
+    from ewc.experiment.distributed import DistributedError, process_group_from_environment
     from ewc.experiment.runner import run_experiment
     from ewc.experiment.storage.checkpoint import CheckpointError
     from ewc.experiment.storage.rundir import RunDirectoryError
@@ -373,13 +374,17 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config, run_dir = _run_config_and_dir(args)
         resume = args.resume is not None
-        result = run_experiment(config, run_dir, resume=resume, jobs=args.jobs, quiet=args.quiet)
+        with process_group_from_environment(config.training.device):  # under torchrun
+            result = run_experiment(
+                config, run_dir, resume=resume, jobs=args.jobs, quiet=args.quiet
+            )
     except (
         ConfigError,
         RunDirectoryError,
         DataFileError,
         DatasetNotFoundError,
         ValueError,
+        DistributedError,
     ) as error:
         print(f"ewc run: {error}", file=sys.stderr)
         return 2
@@ -394,6 +399,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _finish(result: Any, args: argparse.Namespace) -> int:
     """Print the summary of a run, write its report; exit 1 if a cell diverged."""
+    from ewc.experiment.distributed import launched_rank
+
+    if launched_rank() != 0:  # under torchrun, rank 0 prints and reports
+        return 1 if result.diverged else 0
     print()
     print(result.summary.table())
     print(f"\nrun directory: {result.run_dir}  ({result.summary.wall_time_s:.0f} s)")
