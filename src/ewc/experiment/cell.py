@@ -216,7 +216,7 @@ class _Parts(NamedTuple):
     log: CellLog
     checkpoints: CheckpointPolicy
     progress: Progress
-    step: Callable[..., StepLoss] = train_step  # DDP swaps in its own (.distributed)
+    step: Callable[..., StepLoss] | None = None  # None: train_step; DDP's own (.distributed)
 
 
 def run_cell(
@@ -305,7 +305,7 @@ def _step(parts: _Parts, scheduler: LRScheduler, batch: Batch, num_batches: int)
     """One optimizer step, then the evaluation and checkpoint it is due for."""
     state, training = parts.state, parts.config.training
     position = state.position
-    loss = parts.step(
+    loss = (parts.step or train_step)(
         state.model,
         batch,
         state.optimizer,
