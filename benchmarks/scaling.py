@@ -154,7 +154,8 @@ def training_part(rank: int, world: int, options: dict) -> dict:
     """Seconds of one epoch (global batch 128, Adam, EWC penalty) with 1 or ``world`` ranks."""
     import ewc
     from ewc._batches import Batch
-    from ewc.experiment.distributed import DistributedStep, Team
+    from ewc.experiment.distributed import DistributedStep
+    from ewc.experiment.team import Team
     from ewc.training import train_step
 
     x, y = mnist(options["samples"])

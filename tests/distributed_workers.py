@@ -126,9 +126,10 @@ class _RankStrategy:
 def _shared_strategy_error(rank: int) -> str:
     """The error `SharedStrategy` raises on this rank when the ranks' states differ."""
     from ewc.experiment.config import Optimizer
-    from ewc.experiment.distributed import DistributedError, SharedStrategy, Team
+    from ewc.experiment.distributed import SharedStrategy
     from ewc.experiment.storage.rundir import Cell
     from ewc.experiment.strategies import TaskContext
+    from ewc.experiment.team import DistributedError, Team
 
     batches = fisher_batches(3, 4)  # 12 samples: 6 on each rank, so only the rank term differs
     context = TaskContext(
@@ -190,7 +191,8 @@ def one_process_gradients() -> dict[str, dict[str, torch.Tensor]]:
 def gradient_rank(rank: int, world_size: int, folder: str) -> None:
     """Each path's gradient from `DistributedStep` on this rank's share of the global batch."""
     from ewc._batches import Batch
-    from ewc.experiment.distributed import DistributedStep, Team
+    from ewc.experiment.distributed import DistributedStep
+    from ewc.experiment.team import Team
 
     out = {}
     for path in PENALTY_PATHS:
@@ -228,9 +230,10 @@ class _RankStrategy:
 def _shared_strategy_error(rank: int) -> str:
     """The error `SharedStrategy` raises on this rank when the ranks' states differ."""
     from ewc.experiment.config import Optimizer
-    from ewc.experiment.distributed import DistributedError, SharedStrategy, Team
+    from ewc.experiment.distributed import SharedStrategy
     from ewc.experiment.storage.rundir import Cell
     from ewc.experiment.strategies import TaskContext
+    from ewc.experiment.team import DistributedError, Team
 
     batches = fisher_batches(3, 4)  # 12 samples: 6 on each rank, so only the rank term differs
     context = TaskContext(

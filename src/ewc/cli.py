@@ -365,10 +365,10 @@ def _download(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from ewc.data import DataFileError, DatasetNotFoundError
     from ewc.experiment.config import ConfigError
-    from ewc.experiment.distributed import DistributedError, process_group_from_environment
     from ewc.experiment.runner import run_experiment
     from ewc.experiment.storage.checkpoint import CheckpointError
     from ewc.experiment.storage.rundir import RunDirectoryError
+    from ewc.experiment.team import DistributedError, process_group_from_environment
 
     run_dir = None
     try:
@@ -399,7 +399,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _finish(result: Any, args: argparse.Namespace) -> int:
     """Print the summary of a run, write its report; exit 1 if a cell diverged."""
-    from ewc.experiment.distributed import launched_rank
+    from ewc.experiment.team import launched_rank
 
     if launched_rank() != 0:  # under torchrun, rank 0 prints and reports
         return 1 if result.diverged else 0

@@ -1,8 +1,8 @@
 """One cell trained by several processes: DistributedDataParallel under ``torchrun``.
 
 ``torchrun --standalone --nproc-per-node=2 -m ewc run ...`` starts two processes (ranks); the CLI
-joins the process group that ``torchrun`` describes (`process_group_from_environment`) and the
-runner trains every cell with all ranks together (`run_team_cell`), reusing the cell's loop
+joins the process group that ``torchrun`` describes (`ewc.experiment.team`) and the runner
+trains every cell with all ranks together (`run_team_cell`), reusing the cell's loop
 (`ewc.experiment.cell`) with these parts swapped in:
 
 - **The global batch is the one-process batch.** Every rank draws the same shuffled order from the
@@ -39,10 +39,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -68,125 +66,10 @@ from ewc.experiment.storage.events import Event, EventLog
 from ewc.experiment.storage.rundir import Cell, RunDirectory
 from ewc.experiment.strategies import Strategy, StrategyFactory, TaskContext
 from ewc.experiment.streams.benchmarks import TaskStream, TensorBatches
+from ewc.experiment.team import DistributedError, Team
 from ewc.fisher import FisherKind
 from ewc.sharding import shard_range
 from ewc.training import GradientPenalty, NonFiniteLossError, StepLoss, accuracy_counts
-
-
-class DistributedError(RuntimeError):
-    """Another rank failed, or the ranks disagree; the message says which and what to do."""
-
-
-@dataclass(frozen=True)
-class Team:
-    """The processes that train together: this one's rank and their number (1: alone)."""
-
-    rank: int = 0
-    size: int = 1
-
-    @classmethod
-    def current(cls) -> Team:
-        """The default process group's rank and size when one is initialised, else alone."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return cls(torch.distributed.get_rank(), torch.distributed.get_world_size())
-        return cls()
-
-    @property
-    def is_main(self) -> bool:
-        """Whether this is rank 0, the one that writes."""
-        return self.rank == 0
-
-    @property
-    def device(self) -> torch.device:
-        """Where the collectives' tensors live: the current GPU for NCCL, else the CPU."""
-        if torch.distributed.get_backend() == "nccl":
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
-
-    def barrier(self) -> None:
-        """Wait until every rank is here (nothing to wait for alone)."""
-        if self.size > 1:
-            torch.distributed.barrier()
-
-    def sum(self, values: list[int]) -> list[int]:
-        """Each value summed over the ranks (int64)."""
-        tensor = torch.tensor(values, dtype=torch.int64, device=self.device)
-        torch.distributed.all_reduce(tensor)
-        return tensor.tolist()
-
-    def sum_float(self, value: float) -> float:
-        """``value`` summed over the ranks (float64)."""
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(tensor)
-        return float(tensor.item())
-
-    def same(self, value: int) -> bool:
-        """Whether every rank holds the same int64 ``value`` (one all-reduce of (v, −v), MAX)."""
-        tensor = torch.tensor([value, -value], dtype=torch.int64, device=self.device)
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-        return tensor[0].item() == -tensor[1].item()
-
-    def from_main(self, value: Any) -> Any:
-        """Rank 0's ``value`` (a small picklable object such as a path), on every rank."""
-        box = [value]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-
-#: One process, no group: what `Team.current` is outside ``torchrun``.
-ALONE = Team()
-
-
-def is_launched() -> bool:
-    """Whether ``torchrun`` (or another launcher) started this process as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def launched_rank() -> int:
-    """This process's rank as the launcher set it (``RANK``; 0 when not launched)."""
-    return int(os.environ.get("RANK", "0"))
-
-
-@contextmanager
-def process_group_from_environment(device: str) -> Iterator[Team]:
-    """Join the process group ``torchrun`` describes in the environment, and leave it after.
-
-    Uses NCCL for a CUDA ``device`` (each rank on GPU ``LOCAL_RANK``) and gloo otherwise. Outside
-    a launch with several processes, or inside an already initialised group, it does nothing.
-    """
-    if not is_launched() or torch.distributed.is_initialized():
-        yield Team.current()
-        return
-    cuda = str(device).startswith("cuda")
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    try:
-        yield Team.current()
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def open_on_main(team: Team, open_directory: Callable[[], RunDirectory]) -> RunDirectory:
-    """The run directory, created or opened by rank 0 only, then shared with the other ranks.
-
-    Raises:
-        DistributedError: on the other ranks, when rank 0 failed (its own error says why).
-    """
-    if team.size == 1:
-        return open_directory()
-    path = None
-    try:
-        if team.is_main:
-            directory = open_directory()
-            path = str(directory.path)
-    finally:
-        path = team.from_main(path)
-    if path is None:
-        raise DistributedError(
-            f"rank {team.rank}: rank 0 could not open the run directory (its error says why)"
-        )
-    return RunDirectory(path)
 
 
 def run_team_cell(
@@ -209,9 +92,9 @@ def run_team_cell(
     store = CheckpointStore(run_dir.checkpoint_dir(cell), keep=2)
     checkpoints = TeamCheckpoints(store, config.checkpoint_every, config.hash(), cell, team)
     evaluator = ShardedEvaluator(stream, config.training.eval_batch_size, team)
-    log = CellLog(events, cell, progress)  # type: ignore[arg-type]
+    log = CellLog(events, cell, progress)
     step = DistributedStep(state.model, team)
-    parts = _Parts(config, stream, state, evaluator, log, checkpoints, progress, step)  # type: ignore[arg-type]
+    parts = _Parts(config, stream, state, evaluator, log, checkpoints, progress, step)
     try:
         outcome = _train_cell(parts)
     finally:

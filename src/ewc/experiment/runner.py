@@ -26,13 +26,14 @@ from ewc._version import __version__
 from ewc.data import ImageDataset, load_dataset
 from ewc.experiment.cell import run_cell
 from ewc.experiment.config import RunConfig
-from ewc.experiment.distributed import ALONE, Team, open_on_main, run_team_cell
+from ewc.experiment.distributed import run_team_cell
 from ewc.experiment.outcome import CellOutcome
 from ewc.experiment.progress import LineProgress, Progress, make_progress
 from ewc.experiment.storage.rundir import Cell, RunDirectory, RunDirectoryError
 from ewc.experiment.strategies import BUILTIN_STRATEGIES, StrategyFactory, build_strategy
 from ewc.experiment.streams.benchmarks import TaskStream, build_stream
 from ewc.experiment.summary import Summary, summarize
+from ewc.experiment.team import ALONE, Team, open_on_main
 
 
 @dataclass(frozen=True)
