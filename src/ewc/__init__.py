@@ -16,6 +16,7 @@ from ewc.fisher import (
 )
 from ewc.mas import MAS, mas_importance
 from ewc.penalties import EWC, L2, PenaltyMode, QuadraticPenalty
+from ewc.sharding import ShardMode, shard
 from ewc.strength import ConvertedStrength, StrengthConvention, convert_strength
 from ewc.synaptic_intelligence import SynapticIntelligence
 from ewc.training import NonFiniteLossError, evaluate, train_epoch
@@ -28,6 +29,9 @@ __all__ = [
     "diagonal_fisher",
     "KroneckerFisher",
     "kfac_fisher",
+    # several processes: exact shards (the Fisher all-reduces inside a process group)
+    "ShardMode",
+    "shard",
     # the Fisher identities, measured
     "FisherIdentities",
     "ScoreMoments",

@@ -376,6 +376,7 @@ def _run(args: argparse.Namespace) -> int:
     from ewc.experiment.runner import run_experiment
     from ewc.experiment.storage.checkpoint import CheckpointError
     from ewc.experiment.storage.rundir import RunDirectoryError
+    from ewc.experiment.team import DistributedError, process_group_from_environment
 
     run_dir = None
     try:
@@ -383,13 +384,17 @@ def _run(args: argparse.Namespace) -> int:
         if args.tensorboard:  # unhashed, so it also applies to a resumed run's recorded config
             config = dataclasses.replace(config, output=OutputConfig(tensorboard=True))
         resume = args.resume is not None
-        result = run_experiment(config, run_dir, resume=resume, jobs=args.jobs, quiet=args.quiet)
+        with process_group_from_environment(config.training.device):  # under torchrun
+            result = run_experiment(
+                config, run_dir, resume=resume, jobs=args.jobs, quiet=args.quiet
+            )
     except (
         ConfigError,
         RunDirectoryError,
         DataFileError,
         DatasetNotFoundError,
         ValueError,
+        DistributedError,
     ) as error:
         print(f"ewc run: {error}", file=sys.stderr)
         return 2
@@ -404,6 +409,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _finish(result: Any, args: argparse.Namespace) -> int:
     """Print the summary of a run, write its report; exit 1 if a cell diverged."""
+    from ewc.experiment.team import launched_rank
+
+    if launched_rank() != 0:  # under torchrun, rank 0 prints and reports
+        return 1 if result.diverged else 0
     print()
     print(result.summary.table())
     print(f"\nrun directory: {result.run_dir}  ({result.summary.wall_time_s:.0f} s)")

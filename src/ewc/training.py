@@ -152,6 +152,21 @@ def evaluate(
     Returns:
         The fraction of correctly classified samples (or tokens), in [0, 1].
     """
+    correct, seen = accuracy_counts(model, loader, output_fn=output_fn)
+    if seen == 0:
+        raise ValueError("cannot evaluate on data that yielded no samples (or only padding)")
+    return correct / seen
+
+
+@torch.no_grad()
+def accuracy_counts(
+    model: nn.Module, loader: Iterable[Any], *, output_fn: OutputFn | None = None
+) -> tuple[int, int]:
+    """(correctly classified, counted) samples or tokens of ``loader``, as `evaluate` counts them.
+
+    Counts, unlike accuracies, add up across shards: the accuracy on the union of several ranks'
+    shards is Σ correct / Σ counted (all-reduced), not the mean of the ranks' accuracies.
+    """
     device = _device(model)
     correct = seen = 0
     with evaluation_mode(model):
@@ -161,9 +176,7 @@ def evaluate(
             hits = logits.argmax(dim=-1) == batch.targets
             correct += int(hits.sum() if mask is None else (hits & mask).sum())
             seen += batch.size if mask is None else int(mask.sum())
-    if seen == 0:
-        raise ValueError("cannot evaluate on data that yielded no samples (or only padding)")
-    return correct / seen
+    return correct, seen
 
 
 def _device(model: nn.Module) -> torch.device | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -46,7 +46,7 @@ from ewc.experiment.storage.rundir import Cell, RunDirectory
 from ewc.experiment.strategies import Strategy, StrategyFactory, TaskContext, build_strategy
 from ewc.experiment.streams.benchmarks import TaskStream, TensorBatches
 from ewc.experiment.tensorboard import open_event_log
-from ewc.training import NonFiniteLossError, evaluate, train_step
+from ewc.training import NonFiniteLossError, StepLoss, evaluate, train_step
 
 
 @dataclass
@@ -218,6 +218,7 @@ class _Parts(NamedTuple):
     log: CellLog
     checkpoints: CheckpointPolicy
     progress: Progress
+    step: Callable[..., StepLoss] | None = None  # None: train_step; DDP's own (.distributed)
 
 
 def run_cell(
@@ -306,7 +307,7 @@ def _step(parts: _Parts, scheduler: LRScheduler, batch: Batch, num_batches: int)
     """One optimizer step, then the evaluation and checkpoint it is due for."""
     state, training = parts.state, parts.config.training
     position = state.position
-    loss = train_step(
+    loss = (parts.step or train_step)(
         state.model,
         batch,
         state.optimizer,

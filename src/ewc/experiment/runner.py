@@ -26,6 +26,7 @@ from ewc._version import __version__
 from ewc.data import ImageDataset, load_dataset
 from ewc.experiment.cell import run_cell
 from ewc.experiment.config import RunConfig
+from ewc.experiment.distributed import run_team_cell
 from ewc.experiment.model_factory import build_factory_model
 from ewc.experiment.outcome import CellOutcome
 from ewc.experiment.progress import LineProgress, Progress, make_progress
@@ -34,6 +35,7 @@ from ewc.experiment.strategies import BUILTIN_STRATEGIES, StrategyFactory, build
 from ewc.experiment.streams.benchmarks import DEFAULTS, TaskStream, build_stream
 from ewc.experiment.streams.factory import CustomTasks, stream_fingerprint
 from ewc.experiment.summary import Summary, summarize
+from ewc.experiment.team import ALONE, Team, open_on_main
 from ewc.experiment.tensorboard import export_run, require_writer
 
 
@@ -82,33 +84,51 @@ def run_experiment(
         quiet: without ``progress``, print only notes (warnings, divergences) and how the run
             was started; worker processes follow it too.
 
+    Inside an initialised process group of several ranks (``torchrun ... -m ewc run``), all
+    ranks train each cell together with DistributedDataParallel (`ewc.experiment.distributed`);
+    rank 0 alone reports progress and writes the run directory.
+
     Raises:
         ValueError: a bad ``jobs`` or strategy setting (nothing is created on disk then).
         RunDirectoryError: ``run_dir`` cannot be used as asked.
     """
     _check_jobs(jobs)
+    team = Team.current()
+    if team.size > 1 and jobs > 1:
+        raise ValueError(
+            f"jobs={jobs} and {team.size} distributed ranks exclude each other: use one"
+        )
     if config.output.tensorboard:
         require_writer()
-    progress = progress or make_progress(quiet=quiet)
+    progress = (progress or make_progress(quiet=quiet)) if team.is_main else Progress()
     started = time.perf_counter()
     data = data if data is not None else load_data(config)
     _check_strategies(config, strategies)
     _check_model(config, data)
-    directory = _open_run_dir(config, data, run_dir, resume, progress)
+    directory = open_on_main(team, lambda: _open_run_dir(config, data, run_dir, resume, progress))
     cells = [Cell(seed, name) for seed in config.seeds for name in config.compare]
-    outcomes = _run_cells(config, data, directory, cells, strategies, progress, jobs, quiet)
+    outcomes = _run_cells(config, data, directory, cells, strategies, progress, jobs, quiet, team)
+    if team.is_main:
+        _write_results(config, directory, cells, outcomes)
+    b = config.benchmark
+    wall_time = time.perf_counter() - started
+    summary = summarize(b.scenario or "", b.name, outcomes, wall_time)
+    if team.is_main:
+        summary.write(directory.summary_path)
+    progress.close()
+    return RunResult(directory.path, tuple(outcomes), summary)
+
+
+def _write_results(
+    config: RunConfig, directory: RunDirectory, cells: list[Cell], outcomes: list[CellOutcome]
+) -> None:
+    """Write the accuracy matrices and the assembled metrics (and TensorBoard's missing cells)."""
     for outcome in outcomes:
         if outcome.rows is not None:
             directory.write_matrix(outcome.cell, outcome.rows)
     directory.assemble_metrics(cells)
     if config.output.tensorboard:
         export_run(directory, cells, missing_only=True)  # cells that did not train now
-    b = config.benchmark
-    wall_time = time.perf_counter() - started
-    summary = summarize(b.scenario or "", b.name, outcomes, wall_time)
-    summary.write(directory.summary_path)
-    progress.close()
-    return RunResult(directory.path, tuple(outcomes), summary)
 
 
 def load_data(config: RunConfig) -> ImageDataset | CustomTasks:
@@ -243,12 +263,21 @@ def _run_cells(
     progress: Progress,
     jobs: int,
     quiet: bool,
+    team: Team = ALONE,
 ) -> list[CellOutcome]:
-    """Each cell's outcome, in the order of ``cells``: here, or in ``jobs`` worker processes."""
+    """Each cell's outcome, in the order of ``cells``: here, or in ``jobs`` worker processes.
+
+    With a team of several ranks, every rank trains every cell together with the others.
+    """
     if jobs == 1 or len(cells) == 1:
         if config.training.threads:
             torch.set_num_threads(config.training.threads)
         streams = {seed: stream_for(config, data, seed) for seed in config.seeds}
+        if team.size > 1:
+            return [
+                run_team_cell(team, config, streams[c.seed], directory, c, factories, progress)
+                for c in cells
+            ]
         return [
             run_cell(config, streams[cell.seed], directory, cell, factories, progress)
             for cell in cells

@@ -37,6 +37,7 @@ from ewc.fisher.capture import CallRecorder, ModuleCall
 from ewc.fisher.cotangents import score_vectors
 from ewc.fisher.coverage import Plan, plan_batch
 from ewc.fisher.diagonal import DiagonalFisher
+from ewc.fisher.distributed import AllReduce, all_reduce_sums
 from ewc.fisher.kinds import FisherKind
 from ewc.fisher.rules import rule_for
 from ewc.fisher.rules.base import PER_SAMPLE_BUDGET, Partial
@@ -82,6 +83,7 @@ def diagonal_fisher(
     output_fn: OutputFn | None = None,
     ignore_index: int = IGNORE_INDEX,
     generator: torch.Generator | None = None,
+    all_reduce: AllReduce = True,
 ) -> DiagonalFisher:
     """Estimate the diagonal Fisher information of a classifier's or sequence model's parameters.
 
@@ -118,9 +120,14 @@ def diagonal_fisher(
             to select a task's head; default: the output is the logits.
         ignore_index: the label of tokens to leave out of a sequence's log-likelihood.
         generator: the random generator for ``kind="sample"``, for reproducible estimates.
+        all_reduce: inside an initialised process group (``True``, the default) every rank passes
+            its shard of the data and gets the Fisher of the union of the shards
+            (`ewc.fisher.distributed`; ``num_samples`` then counts this rank's samples); a
+            ``ProcessGroup`` reduces over that group; ``False`` estimates on this rank's data only.
 
     Returns:
-        A `DiagonalFisher` with ``kind`` and ``num_samples`` (the number of samples used).
+        A `DiagonalFisher` with ``kind`` and ``num_samples`` (the number of samples used, on all
+        ranks together).
     """
     return estimate(
         model,
@@ -131,6 +138,7 @@ def diagonal_fisher(
         output_fn=output_fn,
         ignore_index=ignore_index,
         generator=generator,
+        all_reduce=all_reduce,
     )
 
 
@@ -145,6 +153,7 @@ def estimate(
     ignore_index: int = IGNORE_INDEX,
     generator: torch.Generator | None = None,
     checks: Checks = Checks(),
+    all_reduce: AllReduce = True,
 ) -> DiagonalFisher:
     """`diagonal_fisher` with the choice of ``checks`` (for measuring their cost)."""
     kind = FisherKind.parse(kind)
@@ -160,6 +169,7 @@ def estimate(
         else:
             sums, count = _per_sample_sums(model, batches, params, setting)
             divisor = count
+    sums, count, divisor = all_reduce_sums(sums, count, divisor, kind.value, all_reduce)
     if count == 0:
         raise ValueError("data yielded no samples: the Fisher is a mean over at least one input")
     check_finite_sums(sums)

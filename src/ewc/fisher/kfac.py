@@ -46,6 +46,7 @@ from ewc.fisher.capture import CallRecorder, ModuleCall
 from ewc.fisher.cotangents import score_vectors
 from ewc.fisher.coverage import plan_batch
 from ewc.fisher.diagonal import DiagonalFisher
+from ewc.fisher.distributed import AllReduce, all_reduce_factor_sums
 from ewc.fisher.estimator import diagonal_fisher
 from ewc.fisher.kinds import FisherKind
 from ewc.fisher.kronecker import KroneckerFactors, KroneckerFisher
@@ -72,12 +73,15 @@ def kfac_fisher(
     samples_per_input: int = 1,
     output_fn: OutputFn | None = None,
     generator: torch.Generator | None = None,
+    all_reduce: AllReduce = True,
 ) -> KroneckerFisher:
     """Estimate a K-FAC Fisher (Martens & Grosse 2015): G ⊗ A per Linear / Conv2d layer.
 
     The arguments mean what they mean for `ewc.diagonal_fisher`; ``kind`` is one of the
     per-sample kinds (``exact``, ``sample``, ``empirical``, ``argmax``): a Kronecker factor needs
     per-sample output gradients, so ``batched`` has no K-FAC form. The model runs in eval mode.
+    Inside an initialised process group the factors' sums and counts are all-reduced before the
+    division, as the diagonal's are (``all_reduce``; `ewc.fisher.distributed`).
 
     Returns:
         A `KroneckerFisher`: ``blocks`` for the Linear and Conv2d layers, ``diagonal`` (same kind,
@@ -100,10 +104,14 @@ def kfac_fisher(
     options = {"samples_per_input": samples_per_input, "generator": generator}
     with evaluation_mode(model), torch.enable_grad():
         factors, count = _factor_sums(model, batches, layers, kind, output_fn, options, kept)
+    factors = {name: factors.get(name) or _zero_sums(layer) for name, layer in layers.items()}
+    count = all_reduce_factor_sums(factors, count, kind.value, all_reduce)
     if count == 0:
         raise ValueError("data yielded no samples: the Fisher is a mean over at least one input")
-    blocks = {name: _block(layer, factors.get(name), count) for name, layer in layers.items()}
-    diagonal = _fallback_diagonal(model, kept, fallback, kind, output_fn, options)
+    blocks = {name: _block(layer, factors[name], count) for name, layer in layers.items()}
+    diagonal = _fallback_diagonal(
+        model, kept, fallback, kind, output_fn, {**options, "all_reduce": all_reduce}
+    )
     return KroneckerFisher(blocks, diagonal, kind, count)
 
 
@@ -373,17 +381,17 @@ def _compare(layer: _Layer, wanted: tuple[Tensor | None, ...], implied: Tensor |
         )
 
 
-def _block(layer: _Layer, sums: tuple[Tensor, Tensor] | None, count: int) -> KroneckerFactors:
-    """The layer's factors as means over the inputs; zero for a layer that never ran."""
+def _zero_sums(layer: _Layer) -> tuple[Tensor, Tensor]:
+    """The factor sums of a layer that never ran (on this rank): zero."""
     weight = layer.module.weight
-    if sums is None:
-        columns = weight[0].numel() + (layer.bias is not None)
-        zeros = _accurate(weight.new_zeros(()))
-        sums = (
-            zeros.new_zeros(columns, columns),
-            zeros.new_zeros(weight.shape[0], weight.shape[0]),
-        )
-    shape = tuple(weight.shape)
+    columns = weight[0].numel() + (layer.bias is not None)
+    zeros = _accurate(weight.new_zeros(()))
+    return zeros.new_zeros(columns, columns), zeros.new_zeros(weight.shape[0], weight.shape[0])
+
+
+def _block(layer: _Layer, sums: tuple[Tensor, Tensor], count: int) -> KroneckerFactors:
+    """The layer's factors as means over the inputs."""
+    shape = tuple(layer.module.weight.shape)
     return KroneckerFactors(layer.weight, layer.bias, sums[0] / count, sums[1] / count, shape)
 
 

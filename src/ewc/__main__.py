@@ -1,0 +1,5 @@
+"""``python -m ewc``: the ``ewc`` command, also as ``torchrun ... -m ewc run ...``."""
+
+from ewc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,339 @@
+"""One cell trained by several processes: DistributedDataParallel under ``torchrun``.
+
+``torchrun --standalone --nproc-per-node=2 -m ewc run ...`` starts two processes (ranks); the CLI
+joins the process group that ``torchrun`` describes (`ewc.experiment.team`) and the runner
+trains every cell with all ranks together (`run_team_cell`), reusing the cell's loop
+(`ewc.experiment.cell`) with these parts swapped in:
+
+- **The global batch is the one-process batch.** Every rank draws the same shuffled order from the
+  same seeded generator, takes the same batch of B samples, and trains on its contiguous share of
+  it (`ewc.sharding.shard_range`: exact, no padding, no repeat; each sample of an epoch on exactly
+  one rank). Rank r's loss is its sum of per-sample losses times W/B, so DDP's average over the W
+  ranks, (1/W) Σ_r (W/B) ∇Σ_{n∈r} ℓ_n = ∇(1/B) Σ_n ℓ_n, is the one-process gradient of the batch
+  mean, however unevenly the batch splits (`DistributedStep`).
+- **The penalty is added once per rank, unscaled.** ``add_gradient_`` runs after the backward
+  pass, when DDP has already averaged the task gradients: each rank adds the same λ Ω (θ − θ̄)
+  (Ω and θ̄ are identical on every rank) to the same averaged gradient. A penalty without
+  ``add_gradient_`` enters each rank's loss before the backward pass; DDP then averages W equal
+  copies of its gradient, which is one copy. Scaling it by 1/W, or adding it on rank 0 only,
+  would give 1/W of the penalty (tests/experiment/test_distributed.py checks all of this).
+- **The Fisher is that of the whole task.** After a task each rank gets its contiguous share of
+  every one-process Fisher batch (whole batches r, r + W, … for ``batched``, whose unit is the
+  batch) and `ewc.diagonal_fisher` / `ewc.kfac_fisher` all-reduce their sums, so every rank
+  consolidates the same Fisher; for every kind but ``sample`` it is the one-process Fisher up to
+  rounding. ``sample`` draws labels from a per-rank generator seeded from (seed, rank, task)
+  (equal in distribution, not draw by draw; `ewc.fisher.distributed`). Afterwards the ranks
+  compare a digest of the strategy's state: a strategy that does not all-reduce what it computes
+  from its shard (``mas``) stops with an error.
+- **Evaluation all-reduces counts.** Each rank counts correct answers on its exact shard of each
+  test set; the accuracy is Σ correct / Σ counted, the one-process accuracy, never a mean of the
+  ranks' accuracies (`ShardedEvaluator`).
+- **Rank 0 writes.** Only rank 0 writes events, checkpoints, matrices and the summary; the others
+  wait at a barrier after each checkpoint. A resume restores every rank from the checkpoint rank
+  0 loads, so ``torchrun ... -m ewc run --resume DIR`` continues a killed run. Several machines
+  need the run directory on a file system they share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ewc._atomic import write_json_atomic
+from ewc._batches import Batch, check_targets, model_logits
+from ewc.experiment.cell import (
+    CellLog,
+    CellState,
+    CheckpointPolicy,
+    _initial_state,
+    _Parts,
+    _train_cell,
+    derived_seed,
+)
+from ewc.experiment.outcome import CellOutcome, Divergence
+from ewc.experiment.progress import Progress
+from ewc.experiment.storage.checkpoint import CheckpointStore, load_checkpoint
+from ewc.experiment.storage.events import Event, EventLog
+from ewc.experiment.storage.rundir import Cell, RunDirectory
+from ewc.experiment.strategies import Strategy, StrategyFactory, TaskContext
+from ewc.experiment.streams.benchmarks import TaskStream, TensorBatches
+from ewc.experiment.team import DistributedError, Team
+from ewc.experiment.tensorboard import open_event_log
+from ewc.fisher import FisherKind
+from ewc.sharding import shard_range
+from ewc.training import GradientPenalty, NonFiniteLossError, StepLoss, accuracy_counts
+
+
+def run_team_cell(
+    team: Team,
+    config: Any,
+    stream: TaskStream,
+    run_dir: RunDirectory,
+    cell: Cell,
+    factories: Mapping[str, StrategyFactory],
+    progress: Progress,
+) -> CellOutcome:
+    """`ewc.experiment.cell.run_cell` with every rank of ``team`` training the one cell."""
+    marker = run_dir.diverged_path(cell)
+    if marker.exists():
+        record = json.loads(marker.read_text(encoding="utf-8"))
+        return CellOutcome(cell, divergence=Divergence.from_json(record))
+    state = _initial_state(config, stream, cell, factories)
+    state.strategy = SharedStrategy(state.strategy, team, cell)
+    tensorboard = config.output.tensorboard
+    events = open_event_log(run_dir, cell, tensorboard) if team.is_main else _NoEvents()
+    store = CheckpointStore(run_dir.checkpoint_dir(cell), keep=2)
+    checkpoints = TeamCheckpoints(store, config.checkpoint_every, config.hash(), cell, team)
+    evaluator = ShardedEvaluator(stream, config.training.eval_batch_size, team)
+    log = CellLog(events, cell, progress)
+    step = DistributedStep(state.model, team)
+    parts = _Parts(config, stream, state, evaluator, log, checkpoints, progress, step)
+    try:
+        outcome = _train_cell(parts)
+    finally:
+        events.close()
+    if outcome.divergence is not None and team.is_main:
+        write_json_atomic(marker, outcome.divergence.to_json())
+    team.barrier()
+    return outcome
+
+
+class DistributedStep:
+    """`ewc.training.train_step` for one rank's share of the global batch, under DDP.
+
+    Args:
+        model: the cell's model (its parameters are the ones the optimizer and penalty hold).
+            Every parameter must take part in each forward pass, as in the experiment's models
+            (a multi-head model stacks all heads' outputs, and the heads not selected get zero
+            gradients, as in one process); DDP names a parameter that does not.
+        team: the ranks.
+    """
+
+    def __init__(self, model: nn.Module, team: Team):
+        self.team = team
+        self.ddp = DistributedDataParallel(model)
+
+    def __call__(
+        self,
+        model: nn.Module,
+        batch: Batch,
+        optimizer: torch.optim.Optimizer,
+        *,
+        penalty: Callable[[], Tensor] | None = None,
+        output_fn: Callable[[Any], Tensor] | None = None,
+    ) -> StepLoss:
+        """One optimizer step on ``batch`` (the global batch): its loss is the global batch's."""
+        if model is not self.ddp.module:
+            raise ValueError("DistributedStep was built for another model than the one it steps")
+        rows = shard_range(batch.size, self.team.rank, self.team.size)
+        local = Batch(
+            batch.index, batch.inputs[rows.start : rows.stop], batch.targets[rows.start : rows.stop]
+        )
+        task_sum = self._task_loss_sum(local, output_fn)
+        scale = self.team.size / batch.size  # DDP averages: Σ_r (W/B)·∇(sum on r) / W = ∇ mean
+        optimizer.zero_grad(set_to_none=True)
+        if isinstance(penalty, GradientPenalty):
+            (task_sum * scale).backward()  # the ranks' task gradients are averaged here
+            extra = penalty.add_gradient_()  # the same full gradient on every rank, once
+        else:
+            extra = penalty() if penalty is not None else None
+            loss = task_sum * scale
+            (loss if extra is None else loss + extra).backward()  # mean of W equal copies
+        task_loss = self.team.sum_float(float(task_sum.detach())) / batch.size
+        penalty_value = None if extra is None else float(extra.detach())
+        total = task_loss + (penalty_value or 0.0)
+        if not math.isfinite(total):
+            raise NonFiniteLossError(
+                f"batch {batch.index}: the loss is not finite (task loss {task_loss}, penalty "
+                f"{penalty_value}); the step was not taken. Lower the learning rate or the strength"
+            )
+        optimizer.step()
+        return StepLoss(total, penalty_value)
+
+    def _task_loss_sum(self, local: Batch, output_fn: Callable[[Any], Tensor] | None) -> Tensor:
+        """Σ of the per-sample cross-entropies of this rank's rows (0 for no rows)."""
+        logits = model_logits(self.ddp, local, output_fn)
+        if logits.dim() != 2:
+            raise ValueError(
+                f"distributed training takes (N, classes) logits; got shape {tuple(logits.shape)}"
+            )
+        check_targets(logits, local.targets, local)
+        return F.cross_entropy(logits, local.targets, reduction="sum")
+
+
+class ShardedEvaluator:
+    """Test accuracy on every task: each rank counts on its exact shard, the counts are summed.
+
+    The accuracy is Σ_r correct_r / Σ_r counted_r, the one-process accuracy on the whole test
+    set (a mean of per-rank accuracies would weigh unequal shards wrongly). One all-reduce per
+    evaluation, for all tasks.
+    """
+
+    def __init__(self, stream: TaskStream, batch_size: int, team: Team):
+        self.stream, self.batch_size, self.team = stream, batch_size, team
+
+    def __call__(self, model: nn.Module) -> list[float]:
+        """One accuracy in [0, 1] per task, the same on every rank."""
+        counts: list[int] = []
+        for j, task in enumerate(self.stream.tasks):
+            rows = shard_range(task.test_inputs.shape[0], self.team.rank, self.team.size)
+            inputs, targets = (
+                task.test_inputs[rows.start : rows.stop],
+                task.test_targets[rows.start : rows.stop],
+            )
+            batches = TensorBatches(inputs, targets, batch_size=self.batch_size)
+            counts += accuracy_counts(model, batches, output_fn=self.stream.output_fn(j))
+        totals = self.team.sum(counts)
+        if any(seen == 0 for seen in totals[1::2]):
+            raise ValueError("cannot evaluate on a task whose test set is empty")
+        return [correct / seen for correct, seen in zip(totals[::2], totals[1::2], strict=True)]
+
+
+class SharedStrategy:
+    """A strategy whose ``after_task`` sees this rank's share of the task, checked to agree.
+
+    The context's batches become this rank's share of the one-process Fisher batches (the order
+    drawn from the shared generator, so every rank draws the same and the generator stays in
+    step), cut at the strategy's ``fisher_samples`` as one process cuts them: a contiguous share
+    of every batch, or for ``fisher = "batched"``, whose unit is the batch, whole batches
+    (rank r: batches r, r + W, …). The context's generator becomes a per-rank one seeded from
+    (seed, rank, task). Afterwards the ranks compare a SHA-256 of the strategy's state: equal, or
+    `DistributedError`.
+    """
+
+    def __init__(self, inner: Strategy, team: Team, cell: Cell):
+        self.inner, self.team, self.cell = inner, team, cell
+
+    def penalty(self) -> Callable[[], Tensor] | None:
+        """The wrapped strategy's penalty."""
+        return self.inner.penalty()
+
+    def after_task(self, context: TaskContext) -> list[str]:
+        """Consolidate on this rank's share; raise unless every rank reached the same state."""
+        settings = getattr(self.inner, "settings", None)  # EWCSettings, for the Fisher's data
+        limit = getattr(settings, "fisher_samples", None)
+        whole = getattr(settings, "fisher", None) == FisherKind.BATCHED
+        generator = torch.Generator(device=context.generator.device)
+        purpose = f"rank {self.team.rank} task {context.task}"
+        generator.manual_seed(derived_seed(self.cell.seed, purpose))
+        shared = replace(
+            context,
+            train_batches=_BatchShare(context.train_batches, limit, self.team, whole=whole),
+            generator=generator,
+        )
+        notes = self.inner.after_task(shared)
+        if not self.team.same(state_digest(self.inner.state_dict())):
+            raise DistributedError(
+                f"after task {context.task + 1} the {self.team.size} ranks hold different "
+                f"states of strategy {self.cell.strategy!r}: it computes its "
+                "importance from each rank's shard without all-reducing it (ewc.diagonal_fisher "
+                "and ewc.kfac_fisher all-reduce; ewc.mas_importance does not); train it with one "
+                "process"
+            )
+        return notes
+
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped strategy's state (the same on every rank)."""
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the wrapped strategy."""
+        self.inner.load_state_dict(state)
+
+
+class _BatchShare:
+    """Rank r's share of ``batches`` cut at ``limit`` samples: of each batch, or whole batches."""
+
+    def __init__(self, batches: Iterable[Any], limit: int | None, team: Team, *, whole: bool):
+        self.batches, self.limit, self.team, self.whole = batches, limit, team, whole
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        seen = 0
+        for index, (inputs, targets) in enumerate(self.batches):
+            if self.limit is not None:
+                if seen >= self.limit:
+                    return
+                inputs, targets = inputs[: self.limit - seen], targets[: self.limit - seen]
+            seen += inputs.shape[0]
+            if not self.whole:
+                rows = shard_range(inputs.shape[0], self.team.rank, self.team.size)
+                yield inputs[rows.start : rows.stop], targets[rows.start : rows.stop]
+            elif index % self.team.size == self.team.rank:
+                yield inputs, targets
+
+
+def state_digest(tree: Any) -> int:
+    """A 63-bit SHA-256 digest of a state tree (dicts, lists, tensors, plain values)."""
+    digest = hashlib.sha256()
+    _feed(digest, tree)
+    return int.from_bytes(digest.digest()[:8], "little") & (2**63 - 1)
+
+
+def _feed(digest: Any, node: Any) -> None:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            digest.update(repr(key).encode())
+            _feed(digest, value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _feed(digest, value)
+    elif isinstance(node, Tensor):
+        digest.update(f"{node.dtype}{tuple(node.shape)}".encode())
+        digest.update(node.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    else:
+        digest.update(repr(node).encode())
+
+
+class TeamCheckpoints(CheckpointPolicy):
+    """Rank 0 saves (the others wait at a barrier); a restore loads its checkpoint on every rank."""
+
+    def __init__(
+        self, store: CheckpointStore, every: int, config_hash: str, cell: Cell, team: Team
+    ):
+        super().__init__(store, every, config_hash, cell)
+        self.team = team
+
+    def save(self, state: CellState, log: EventLog) -> None:
+        """Rank 0 saves ``state``; every rank then waits for the others."""
+        if self.team.is_main:
+            super().save(state, log)
+        self.team.barrier()
+
+    def restore(self, state: CellState, log: EventLog) -> bool:
+        """Load the checkpoint rank 0 finds newest and readable into every rank's ``state``."""
+        found = self.store.load_latest() if self.team.is_main else None
+        step = self.team.from_main(None if found is None else found[0])
+        if step is None:
+            return False
+        tree = found[1] if found is not None else load_checkpoint(self.store.path(step))
+        if tree["config_hash"] != self.config_hash:
+            raise ValueError(f"checkpoint of cell {self.cell.key} belongs to another config")
+        state.load_state_dict(tree)
+        log.truncate(tree["events_length"])
+        return True
+
+
+class _NoEvents:
+    """The event log of ranks other than 0: they write nothing."""
+
+    def append(self, event: Event) -> None:
+        """Drop ``event`` (rank 0 writes it)."""
+
+    def durable_length(self) -> int:
+        """0: nothing is written here."""
+        return 0
+
+    def truncate(self, length: int) -> None:
+        """Nothing to cut."""
+
+    def close(self) -> None:
+        """Nothing to close."""
