@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -245,3 +246,68 @@ def test_rejects_a_state_dict_of_another_mode(model):
         ValueError, match="state_dict is for mode 'online'; this penalty is 'separate'"
     ):
         ewc.EWC(model, strength=1.0).load_state_dict(online.state_dict())
+
+
+@pytest.mark.parametrize("mode", ["separate", "online"])
+def test_attach_adds_the_penalty_gradient_before_every_step(model, mode):
+    """The optimizer hook gives the update of (loss + penalty()).backward(), step after step."""
+    penalty = ewc.EWC(model, strength=4.0, mode=mode, gamma=0.9 if mode == "online" else 1.0)
+    for t in range(3):
+        move(model, t)
+        penalty.consolidate(random_fisher(model, t))
+    move(model, 11)
+    twin = copy.deepcopy(model)
+    twin_penalty = ewc.EWC(twin, strength=4.0, mode=mode, gamma=penalty.gamma)
+    twin_penalty.load_state_dict(penalty.state_dict())
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    hooked = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    plain = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
+    handle = penalty.attach(hooked)
+    for _ in range(3):
+        hooked.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        hooked.step()
+        plain.zero_grad()
+        (nn.functional.cross_entropy(twin(x), y) + twin_penalty()).backward()
+        plain.step()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.allclose(p, q, rtol=1e-12, atol=1e-14)
+    handle.remove()
+    before = snapshot(model)
+    hooked.zero_grad(set_to_none=True)
+    hooked.step()  # no gradient and no hook: nothing moves
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_attach_rejects_what_is_not_an_optimizer(model):
+    with pytest.raises(TypeError, match=r"attach needs a torch\.optim\.Optimizer; got list"):
+        ewc.EWC(model, strength=1.0).attach([])
+
+
+def test_add_gradient_never_hands_out_its_work_buffers(model):
+    penalty = ewc.EWC(model, strength=2.0)
+    penalty.consolidate(random_fisher(model, 0))
+    move(model, 1)
+    penalty.add_gradient_()
+    first = {n: p.grad.clone() for n, p in model.named_parameters()}
+    kept = {n: p.grad for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    move(model, 2)
+    penalty.add_gradient_()  # rewrites the buffers; the earlier .grad tensors must not change
+    assert all(torch.equal(kept[n], first[n]) for n in first)
+
+
+def test_the_work_buffers_change_no_bit(model):
+    """`add_gradient_` writes into kept buffers; `ewc run`'s matrices rely on the same bits."""
+    model = model.float()
+    penalty = ewc.EWC(model, strength=3.0)
+    for t in range(3):
+        move(model, t)
+        penalty.consolidate({n: v.float() for n, v in random_fisher(model, t).items()})
+    move(model, 5)
+    params = list(model.parameters())
+    with torch.no_grad():
+        value, fresh = penalty._value_and_gradient(params)
+    model.zero_grad(set_to_none=True)
+    assert torch.equal(penalty.add_gradient_(), value)
+    assert all(torch.equal(p.grad, g) for p, g in zip(params, fresh, strict=True))

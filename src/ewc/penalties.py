@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+from torch.utils.hooks import RemovableHandle
 
 from ewc._choices import Choice
 from ewc._kronecker_terms import KroneckerTerms
@@ -95,6 +96,7 @@ class QuadraticPenalty:
         self._anchor: dict[str, Tensor] = {}
         self._constant = torch.zeros((), dtype=torch.float64)
         self._kronecker = KroneckerTerms()
+        self._work: tuple[list, list[Tensor], list[Tensor]] | None = None
 
     @property
     def strength(self) -> float:
@@ -157,19 +159,88 @@ class QuadraticPenalty:
         if not self._params:
             return torch.zeros(())
         params = list(self._params.values())
-        value, gradients = self._value_and_gradient(params)
+        value, gradients = self._value_and_gradient(params, self._work_buffers(params))
         for param, gradient in zip(params, gradients, strict=True):
             if param.grad is None:
-                param.grad = gradient.to(param.dtype)
+                param.grad = gradient.to(param.dtype, copy=True)  # the buffer is reused
             else:
                 param.grad.add_(gradient)
         return value
 
-    def _value_and_gradient(self, params: list[nn.Parameter]) -> tuple[Tensor, list[Tensor]]:
-        """Return h λ (Σ Ω (θ − θ̄)² + c) and 2 h λ Ω (θ − θ̄) per parameter (h = 1/2 for EWC)."""
+    def attach(self, optimizer: torch.optim.Optimizer) -> RemovableHandle:
+        """Add the penalty's gradient into ``.grad`` before every ``optimizer.step()``.
+
+        The optimizer-agnostic hook for a loop of your own: after ``attach``, train with the task
+        loss alone (``loss.backward(); optimizer.step()``) and each step applies
+        ∇[(λ/2) Σ_i Ω_i (θ_i − θ̄_i)²] = λ Ω (θ − θ̄) as well, exactly as ``(loss +
+        penalty()).backward()`` would, through `add_gradient_` (no autograd graph; Ω and θ̄ are
+        read once per step whatever the number of consolidated tasks). It is registered with
+        `torch.optim.Optimizer.register_step_pre_hook`, so it runs after anything your loop does
+        between ``backward`` and ``step``: gradient clipping sees the task gradient only, and with
+        ``torch.amp.GradScaler`` the penalty's gradient is added after unscaling. Optimizers that
+        re-evaluate a closure inside ``step`` (LBFGS) would not see it: add ``penalty()`` to the
+        closure's loss instead. Consolidating later needs no new ``attach``.
+
+        Args:
+            optimizer: any torch optimizer over (at least) the penalised parameters.
+
+        Returns:
+            The hook's handle: ``handle.remove()`` detaches the penalty.
+
+        Example:
+            >>> handle = penalty.attach(optimizer)
+            >>> for x, y in loader_b:
+            ...     optimizer.zero_grad()
+            ...     F.cross_entropy(model(x), y).backward()
+            ...     optimizer.step()  # adds λ Ω (θ − θ̄) to .grad, then steps
+        """
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"attach needs a torch.optim.Optimizer; got {type(optimizer).__name__} "
+                "(in a loop without one, call penalty.add_gradient_() after backward)"
+            )
+        return optimizer.register_step_pre_hook(_StepHook(self))
+
+    def _work_buffers(self, params: list[nn.Parameter]) -> tuple[list[Tensor], list[Tensor]]:
+        """Two tensors per parameter for θ − θ̄ and Ω (θ − θ̄), kept from one step to the next.
+
+        Allocating them afresh on every step cost more than the arithmetic: blocks of a megabyte
+        are mmap-ed and page-faulted anew by glibc's default allocator.
+        """
         names = list(self._params)
-        differences = torch._foreach_sub(params, [self._anchor[n] for n in names])
-        weighted = torch._foreach_mul(differences, [self._importance[n] for n in names])
+        shapes = []
+        for name, p in zip(names, params, strict=True):
+            difference = torch.promote_types(p.dtype, self._anchor[name].dtype)
+            product = torch.promote_types(difference, self._importance[name].dtype)
+            shapes.append((p.shape, p.device, difference, product))
+        if self._work is None or self._work[0] != shapes:
+            pairs = [
+                (torch.empty(s, device=d, dtype=a), torch.empty(s, device=d, dtype=b))
+                for s, d, a, b in shapes
+            ]
+            self._work = (shapes, [a for a, _ in pairs], [b for _, b in pairs])
+        return self._work[1], self._work[2]
+
+    def _value_and_gradient(
+        self,
+        params: list[nn.Parameter],
+        out: tuple[list[Tensor], list[Tensor]] | None = None,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Return h λ (Σ Ω (θ − θ̄)² + c) and 2 h λ Ω (θ − θ̄) per parameter (h = 1/2 for EWC).
+
+        With ``out`` (two lists of work tensors) the differences and gradients are written there
+        instead of into new tensors; the arithmetic, and so every bit, is the same.
+        """
+        names = list(self._params)
+        anchors, importance = [self._anchor[n] for n in names], [self._importance[n] for n in names]
+        if out is None:
+            differences = torch._foreach_sub(params, anchors)
+            weighted = torch._foreach_mul(differences, importance)
+        else:
+            differences, weighted = out
+            for p, a, o, d, w in zip(params, anchors, importance, *out, strict=True):
+                torch.sub(p, a, out=d)
+                torch.mul(d, o, out=w)
         squares = sum(
             torch.dot(w.flatten(), d.flatten()) for w, d in zip(weighted, differences, strict=True)
         )
@@ -201,7 +272,7 @@ class QuadraticPenalty:
             self._replace_or_decay(fisher, anchors)
         else:
             self._merge(fisher, anchors)
-        self._params = params
+        self._params, self._work = params, None
         self.fisher_kind = kind if kind is not None else self.fisher_kind
         self.num_tasks += 1
 
@@ -265,7 +336,7 @@ class QuadraticPenalty:
         self.num_tasks = int(state["num_tasks"])
         self.fisher_kind = state["fisher_kind"]
         self._params = params if self.num_tasks else {}
-        self._importance, self._anchor = importance, anchor
+        self._importance, self._anchor, self._work = importance, anchor, None
         self._constant = state["constant"].detach().to(torch.float64).clone()
         self._kronecker.load_state_dict(state.get("kronecker", []))
 
@@ -274,6 +345,7 @@ class QuadraticPenalty:
         self._importance = {n: t.to(*args, **kwargs) for n, t in self._importance.items()}
         self._anchor = {n: t.to(*args, **kwargs) for n, t in self._anchor.items()}
         self._kronecker.to(*args, **kwargs)
+        self._work = None
         return self
 
 
@@ -294,6 +366,16 @@ class _KnownGradient(torch.autograd.Function):
         del ctx.gradients  # released as soon as it is used
         torch._foreach_mul_(gradients, grad_output)
         return (None, None, *gradients)
+
+
+class _StepHook:
+    """The optimizer step pre-hook of `QuadraticPenalty.attach`."""
+
+    def __init__(self, penalty: QuadraticPenalty):
+        self.penalty = penalty
+
+    def __call__(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.penalty.add_gradient_()
 
 
 class EWC(QuadraticPenalty):

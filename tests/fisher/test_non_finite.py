@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import ewc
+from ewc._batches import Batch, check_finite
 
 
 def _data(bad_batch: int | None = None, value: float = float("nan")):
@@ -46,3 +47,13 @@ def test_kfac_checks_its_inputs_too():
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
     with pytest.raises(ValueError, match=r"batch 1: the inputs hold 1 non-finite values"):
         ewc.kfac_fisher(model, _data(bad_batch=1), "exact")
+
+
+def test_finite_inputs_whose_sum_overflows_are_accepted():
+    """The one-sum fast path overflows on huge finite values; the element-wise test decides."""
+    inputs = torch.full((4, 4), 3e38)  # float32: finite, but their sum is not
+    batch = Batch(0, inputs, torch.zeros(4, dtype=torch.long))
+    check_finite(batch, torch.full((4, 3), 3e38))  # no error
+    inputs[1, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"batch 0: the inputs hold 1 non-finite values"):
+        check_finite(batch, torch.zeros(4, 3))

@@ -41,6 +41,7 @@ class ModuleCall:
             call's own part of the graph ends (see `ewc.fisher.coverage`).
         own: local name → id of the tensor the module held as that parameter during the call
             (under `torch.func.functional_call` it is not the registered parameter).
+        leaves: the positional and keyword arguments flattened (nested ones included), once.
     """
 
     module: nn.Module
@@ -55,21 +56,32 @@ class ModuleCall:
     cache: dict[Any, Any] = field(default_factory=dict)
     boundary: tuple[Any, ...] = ()
     own: dict[str, int] = field(default_factory=dict)
+    leaves: list[Any] | None = None
 
     @property
     def input(self) -> Tensor:
         """The first positional argument: the input of every layer with a closed-form rule."""
         return self.args[0]
 
+    def arguments(self) -> list[Any]:
+        """The positional and keyword arguments, nested ones flattened (computed once)."""
+        if self.leaves is None:
+            self.leaves = flat_arguments(self.args, self.kwargs)
+        return self.leaves
+
     def tensor_arguments(self) -> list[Tensor]:
         """The tensors among the positional and keyword arguments, nested ones included."""
-        values, _ = tree_flatten((self.args, self.kwargs))
-        return [v for v in values if isinstance(v, Tensor)]
+        return [v for v in self.arguments() if isinstance(v, Tensor)]
 
     def has_batched_input(self, batch_size: int) -> bool:
-        """Whether any argument holds one row per sample (else the call is the same for all)."""
-        values, _ = tree_flatten((self.args, self.kwargs))
-        return any(self.is_batched(value, batch_size) for value in values)
+        """Whether any argument holds one row per sample (else the call is the same for all).
+
+        The answer is kept in `cache`: the coverage plan asks it once per parameter.
+        """
+        key = ("batched", batch_size)
+        if key not in self.cache:
+            self.cache[key] = any(self.is_batched(v, batch_size) for v in self.arguments())
+        return self.cache[key]
 
     def is_batched(self, value: Any, batch_size: int) -> bool:
         """Whether an argument holds one row per sample.
@@ -92,7 +104,7 @@ class ModuleCall:
 
         args = tuple(cut(a) for a in self.args)
         kwargs = {k: cut(v) for k, v in self.kwargs.items()}
-        return replace(self, args=args, kwargs=kwargs, cache={})
+        return replace(self, args=args, kwargs=kwargs, cache={}, leaves=None)
 
     def check_inputs_unchanged(self) -> None:
         """Raise if a tensor argument was modified in place after the module ran."""
@@ -142,7 +154,7 @@ class CallRecorder:
     def _record(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if not self._recording:
             return
-        leaves, _ = tree_flatten(output)
+        leaves = [output] if isinstance(output, Tensor) else tree_flatten(output)[0]
         index, edges, shapes = [], [], []
         for position, leaf in enumerate(leaves):
             if isinstance(leaf, Tensor) and leaf.requires_grad:
@@ -153,7 +165,7 @@ class CallRecorder:
             return
         versions = [a._version for a in args if isinstance(a, Tensor)]
         name = self._names[id(module)]
-        inputs, _ = tree_flatten((args, kwargs))
+        inputs = flat_arguments(args, kwargs)
         boundary = tuple(
             get_gradient_edge(t).node for t in inputs if isinstance(t, Tensor) and t.requires_grad
         )
@@ -170,5 +182,18 @@ class CallRecorder:
                 self._static_storage,
                 boundary=boundary,
                 own={k: id(t) for k, t in module._parameters.items() if t is not None},
+                leaves=inputs,
             )
         )
+
+
+def flat_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+    """``args`` and ``kwargs`` flattened as `tree_flatten` does, without it for plain tensors.
+
+    A layer is nearly always called with tensors alone; pytree's generic walk cost more than the
+    rest of the per-batch coverage plan.
+    """
+    if not kwargs and all(isinstance(a, Tensor) for a in args):
+        return list(args)
+    values, _ = tree_flatten((args, kwargs))
+    return values
