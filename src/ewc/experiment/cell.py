@@ -166,14 +166,19 @@ class CheckpointPolicy:
         return bool(self.every) and step % self.every == 0
 
     def save(self, state: CellState, log: EventLog) -> None:
-        """Save ``state`` with the event log's durable length (what a resume cuts it back to)."""
+        """Checkpoint ``state`` with the event log's length (what a resume cuts it back to).
+
+        Training goes on while the checkpoint is written (`CheckpointStore.save_in_background`):
+        the state is copied now, and the writer makes the log durable up to that length before
+        it writes the checkpoint, so a checkpoint never counts events that could be lost.
+        """
         tree = {
             "config_hash": self.config_hash,
             "cell": asdict(self.cell),
-            "events_length": log.durable_length(),
+            "events_length": log.length(),
             **state.state_dict(),
         }
-        self.store.save(tree, state.position.step)
+        self.store.save_in_background(tree, state.position.step, before=log.sync)
 
     def restore(self, state: CellState, log: EventLog) -> bool:
         """Load the newest readable checkpoint into ``state``; False if there is none.
@@ -235,8 +240,12 @@ def run_cell(
     parts = _Parts(config, stream, state, evaluator, log, checkpoints, progress)
     try:
         outcome = _train_cell(parts)
+        store.wait()  # the last checkpoint is on disk (or its error is raised) before returning
     finally:
-        events.close()
+        try:
+            store.close()
+        finally:
+            events.close()
     if outcome.divergence is not None:
         write_json_atomic(marker, outcome.divergence.to_json())
     return outcome

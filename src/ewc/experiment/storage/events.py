@@ -179,6 +179,15 @@ class EventLog:
         os.fsync(self._file.fileno())
         return self.path.stat().st_size
 
+    def length(self) -> int:
+        """Flush the log; return its length in bytes (durable once `sync` has run)."""
+        self._file.flush()
+        return self.path.stat().st_size
+
+    def sync(self) -> None:
+        """Make what was flushed durable (may run in another thread while events are added)."""
+        os.fsync(self._file.fileno())
+
     def truncate(self, length: int) -> None:
         """Cut the log back to ``length`` bytes: events after a checkpoint are written again."""
         self._file.flush()
