@@ -288,9 +288,7 @@ class CheckpointStore:
                 self._writer.shutdown(wait=True)
                 self._writer = None
 
-    def _write_job(
-        self, encoded: _Encoded, step: int, before: Callable[[], None] | None
-    ) -> Path:
+    def _write_job(self, encoded: _Encoded, step: int, before: Callable[[], None] | None) -> Path:
         if before is not None:
             before()
         return self._save_encoded(encoded, step)
