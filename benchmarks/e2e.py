@@ -18,7 +18,10 @@ fresh process, in turn (interleaved), ``--repeats`` times; the figures are media
   Fisher is its own, the squared mini-batch gradients).
 
 Start-up is the time from starting the process to the first optimizer step (a global optimizer
-step hook writes the time); peak memory is each process's maximum resident set size.
+step hook writes the time); peak memory is each process's maximum resident set size. ``torch``
+is the floor every PyTorch script pays: start Python, import torch, build the MLP and an Adam
+(whose first use imports ``torch._dynamo``) and take one step on a random batch; the table
+gives each start-up beyond it too.
 
     python benchmarks/e2e.py --data-dir /work/shared/data/mnist --repeats 3 --json out.json
 """
@@ -38,6 +41,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 CONTENDERS = ("ewc-run", "library")
+FLOOR = "torch"
 STRENGTH = 200.0
 
 
@@ -47,10 +51,14 @@ def main() -> None:
     if args.child:
         _child(args)
         return
+    if args.startup_only:
+        _startup_only(args)
+        return
     contenders = list(CONTENDERS)
     avalanche = args.avalanche_python or os.environ.get("EWC_AVALANCHE_PYTHON")
     if avalanche:
         contenders.append("avalanche")
+    contenders.append(FLOOR)
     results: dict[str, list[dict]] = {name: [] for name in contenders}
     for repeat in range(args.repeats):
         for name in contenders:
@@ -71,18 +79,49 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--avalanche-python", help="python of a venv with avalanche-lib")
     parser.add_argument("--json", help="also write every run's figures to this file")
-    parser.add_argument("--child", choices=[*CONTENDERS, "avalanche"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--startup-only",
+        action="store_true",
+        help="only the start-up of the default `ewc run` (embedded data, and --data-dir)",
+    )
+    parser.add_argument("--stop-at-first-step", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", choices=[*CONTENDERS, FLOOR, "avalanche"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--out", help=argparse.SUPPRESS)
     return parser
 
 
-def _measure(name: str, args: argparse.Namespace, avalanche: str | None) -> dict:
+def _startup_only(args: argparse.Namespace) -> None:
+    """Median time to the first step of the default `ewc run`, embedded and full, and the floor."""
+    cases = {"embedded": "embedded", "full": args.data_dir}
+    found: dict[str, list[float]] = {name: [] for name in [*cases, FLOOR]}
+    for _ in range(args.repeats):
+        for name, data_dir in cases.items():
+            result = _measure("ewc-run", args, None, data_dir=data_dir, stop=True)
+            found[name].append(result["startup_s"])
+        found[FLOOR].append(_measure(FLOOR, args, None)["startup_s"])
+    floor = statistics.median(found[FLOOR])
+    for name, times in found.items():
+        median = statistics.median(times)
+        print(f"{name}: start-up {median:.2f} s (beyond torch's: {median - floor:.2f} s)")
+
+
+def _measure(
+    name: str,
+    args: argparse.Namespace,
+    avalanche: str | None,
+    *,
+    data_dir: str | None = None,
+    stop: bool = False,
+) -> dict:
     """Run one contender in a fresh process; its figures, with start-up and wall time."""
     python = avalanche if name == "avalanche" else sys.executable
     out = tempfile.mkdtemp(prefix="ewc-e2e-")
     command = [python, str(HERE), "--child", name, "--out", f"{out}/run"]
-    command += ["--data-dir", args.data_dir, "--tasks", str(args.tasks)]
+    command += ["--data-dir", data_dir or args.data_dir, "--tasks", str(args.tasks)]
     command += ["--epochs", str(args.epochs), "--threads", str(args.threads)]
+    command += ["--stop-at-first-step"] if stop else []
     try:
         started = time.time()
         done = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -90,7 +129,7 @@ def _measure(name: str, args: argparse.Namespace, avalanche: str | None) -> dict
         result = json.loads(done.stdout.strip().splitlines()[-1])
         result["wall_s"] = wall
         result["startup_s"] = result.pop("first_step_at") - started
-        if name == "ewc-run":
+        if name == "ewc-run" and not stop:
             result["report_s"] = _time_report(f"{out}/run")
         return result
     except subprocess.CalledProcessError as error:
@@ -110,18 +149,26 @@ def _time_report(run_dir: str) -> float:
 def _print_table(results: dict[str, list[dict]]) -> None:
     """Medians of each contender, and each one's ratio to the library loop."""
     base = statistics.median(r["wall_s"] for r in results["library"])
-    print("| contender | wall s | ratio to library | start-up s | peak RSS MiB | ACC % |")
-    print("|---|---|---|---|---|---|")
+    floor = statistics.median(r["startup_s"] for r in results[FLOOR])
+    print("| contender | wall s | ratio to library | start-up s | beyond torch's s ", end="")
+    print("| peak RSS MiB | ACC % |\n|---|---|---|---|---|---|---|")
     for name, runs in results.items():
+        if name == FLOOR:
+            continue
         wall = statistics.median(r["wall_s"] for r in runs)
         startup = statistics.median(r["startup_s"] for r in runs)
         rss = statistics.median(r["peak_rss_mib"] for r in runs)
         acc = statistics.median(r["acc"] for r in runs)
-        ratio = wall / base
-        print(f"| {name} | {wall:.1f} | {ratio:.3f}× | {startup:.2f} | {rss:.0f} | {acc:.2f} |")
+        ratio, extra = wall / base, startup - floor
+        print(
+            f"| {name} | {wall:.1f} | {ratio:.3f}× | {startup:.2f} | {extra:.2f} | {rss:.0f} "
+            f"| {acc:.2f} |"
+        )
+    rss = statistics.median(r["peak_rss_mib"] for r in results[FLOOR])
+    print(f"\n{FLOOR} (python, import torch, MLP, Adam, one step): {floor:.2f} s, {rss:.0f} MiB")
     reports = [r["report_s"] for r in results.get("ewc-run", []) if "report_s" in r]
     if reports:
-        print(f"\n`ewc report` on the run directory afterwards: {statistics.median(reports):.1f} s")
+        print(f"`ewc report` on the run directory afterwards: {statistics.median(reports):.1f} s")
 
 
 # ----------------------------------------------------------------------------- child processes
@@ -137,9 +184,14 @@ def _child(args: argparse.Namespace) -> None:
     def record(optimizer: object, *_: object) -> None:
         if not first:
             first.append(time.time())
+        if args.stop_at_first_step:  # the default run's start-up: nothing after it counts
+            line = json.dumps({"first_step_at": first[0], "peak_rss_mib": 0.0, "acc": 0.0})
+            os.write(1, (line + "\n").encode())  # sys.stdout may be silenced by then
+            os._exit(0)
 
     register_optimizer_step_pre_hook(record)
-    run = {"ewc-run": _ewc_run, "library": _library, "avalanche": _avalanche}[args.child]
+    runs = {"ewc-run": _ewc_run, "library": _library, "avalanche": _avalanche, FLOOR: _floor}
+    run = runs[args.child]
     acc = run(args, torch)
     import resource
 
@@ -151,9 +203,13 @@ def _ewc_run(args: argparse.Namespace, torch: object) -> float:
     """`ewc run` through its command-line entry point; the ACC from its summary."""
     from ewc.cli import main as ewc_main
 
-    argv = ["run", "--strategies", "ewc", "--data-dir", args.data_dir, "--out", args.out]
-    argv += ["--quiet", "--no-report", f"benchmark.num_tasks={args.tasks}"]
-    argv += [f"training.epochs={args.epochs}", f"training.threads={args.threads}"]
+    if args.stop_at_first_step:  # the default run, as a user starts it
+        argv = ["run", "--out", args.out, "--quiet", "--no-report"]
+        argv += [] if args.data_dir == "embedded" else ["--data-dir", args.data_dir]
+    else:
+        argv = ["run", "--strategies", "ewc", "--data-dir", args.data_dir, "--out", args.out]
+        argv += ["--quiet", "--no-report", f"benchmark.num_tasks={args.tasks}"]
+        argv += [f"training.epochs={args.epochs}", f"training.threads={args.threads}"]
     with open(os.devnull, "w") as sink:
         stdout, sys.stdout = sys.stdout, sink
         try:
@@ -165,6 +221,21 @@ def _ewc_run(args: argparse.Namespace, torch: object) -> float:
     summary = json.loads(Path(args.out, "summary.json").read_text(encoding="utf-8"))
     last = summary["matrices"]["ewc"][-1]  # after the last task
     return 100 * sum(last) / len(last)
+
+
+def _floor(args: argparse.Namespace, torch) -> float:
+    """One step of the MLP with Adam on a random batch: what any PyTorch script pays to start."""
+    torch.set_num_threads(args.threads)
+    layers = [torch.nn.Flatten(), torch.nn.Linear(784, 400), torch.nn.ReLU()]
+    layers += [torch.nn.Linear(400, 400), torch.nn.ReLU(), torch.nn.Linear(400, 10)]
+    model = torch.nn.Sequential(*layers)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss = torch.nn.functional.cross_entropy(
+        model(torch.rand(128, 1, 28, 28)), torch.zeros(128).long()
+    )
+    loss.backward()
+    optimizer.step()
+    return float("nan")
 
 
 def _permuted(args: argparse.Namespace, torch):
