@@ -35,7 +35,7 @@ fsynced. A crash leaves either the old file or the new one, never a mix.
 :meth:`CheckpointStore.save_in_background` lets training go on while a checkpoint is written:
 the state is encoded and its tensors copied to CPU memory at once (the snapshot; what training
 changes next cannot reach it), and one writer thread per store serialises, hashes and writes the
-snapshots in order, with the same bytes as :func:`save_checkpoint`. At most one write is pending:
+snapshots in order, with the content :func:`save_checkpoint` writes. At most one write is pending:
 the next save, :meth:`CheckpointStore.wait` and :meth:`CheckpointStore.close` wait for it, and a
 write that failed raises its error there.
 """
