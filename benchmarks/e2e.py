@@ -17,11 +17,12 @@ fresh process, in turn (interleaved), ``--repeats`` times; the figures are media
   same permutations and settings (λ converted to its convention, `ewc.convert_strength`; its
   Fisher is its own, the squared mini-batch gradients).
 
-Start-up is the time from starting the process to the first optimizer step (a global optimizer
-step hook writes the time); peak memory is each process's maximum resident set size. ``torch``
-is the floor every PyTorch script pays: start Python, import torch, build the MLP and an Adam
-(whose first use imports ``torch._dynamo``) and take one step on a random batch; the table
-gives each start-up beyond it too.
+Each process's CPU time (user + system, all its threads) is printed too: on a machine that other
+work shares, it varies less than the wall time. Start-up is the time from starting the process to
+the first optimizer step (a global optimizer step hook writes the time); peak memory is each
+process's maximum resident set size. ``torch`` is the floor every PyTorch script pays: start
+Python, import torch, build the MLP and an Adam (whose first use imports ``torch._dynamo``) and
+take one step on a random batch; the table gives each start-up beyond it too.
 
     python benchmarks/e2e.py --data-dir /work/shared/data/mnist --repeats 3 --json out.json
 """
@@ -166,6 +167,13 @@ def _print_table(results: dict[str, list[dict]]) -> None:
         )
     rss = statistics.median(r["peak_rss_mib"] for r in results[FLOOR])
     print(f"\n{FLOOR} (python, import torch, MLP, Adam, one step): {floor:.2f} s, {rss:.0f} MiB")
+    cpu = {n: [r["cpu_s"] for r in runs if "cpu_s" in r] for n, runs in results.items()}
+    if cpu.get("library") and cpu.get("ewc-run"):
+        base_cpu = statistics.median(cpu["library"])
+        for name, times in cpu.items():
+            if times and name != FLOOR:
+                median = statistics.median(times)
+                print(f"{name}: CPU time {median:.1f} s = {median / base_cpu:.3f}× the library's")
     reports = [r["report_s"] for r in results.get("ewc-run", []) if "report_s" in r]
     if reports:
         print(f"`ewc report` on the run directory afterwards: {statistics.median(reports):.1f} s")
@@ -195,8 +203,9 @@ def _child(args: argparse.Namespace) -> None:
     acc = run(args, torch)
     import resource
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"first_step_at": first[0], "peak_rss_mib": peak, "acc": acc}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak, cpu = usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+    print(json.dumps({"first_step_at": first[0], "peak_rss_mib": peak, "acc": acc, "cpu_s": cpu}))
 
 
 def _ewc_run(args: argparse.Namespace, torch: object) -> float:
