@@ -10,6 +10,8 @@ from ewc.data import ImageDataset
 from ewc.experiment.config import resolve
 from ewc.experiment.runner import run_experiment
 from ewc.report import load_run
+from ewc.report.content import build_document
+from ewc.report.markdown import render_markdown
 
 TINY = [
     "benchmark.num_tasks=2",
@@ -63,3 +65,5 @@ def test_the_report_says_which_points_are_on_a_subset(tmp_path):
     points = run.pairs[0, "ewc"].points
     assert {p.subset for p in points if not p.boundary} == {10}
     assert {p.subset for p in points if p.boundary} == {None}
+    text = render_markdown(build_document(run, {"curves": "plots/curves.png"}))
+    assert "measured on a fixed random subset of at most 10 test samples per task" in text
