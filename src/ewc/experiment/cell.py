@@ -1,16 +1,19 @@
 """Training one (seed, strategy) cell of a run through every task, with checkpoints and resume.
 
 A cell starts from the run's initial weights for its seed, trains task 1, 2, …, T in order,
-evaluates on every task every ``eval_every`` steps (the curves) and after each task (one row of the
-accuracy matrix R, whose row 0 is the untrained model), and lets its strategy consolidate after
-each task. It checkpoints after every task and every ``checkpoint_every`` steps: model, optimizer,
-learning-rate schedule, strategy state, random generator states, the position in the data and the
-results so far, so a resumed cell continues bitwise as if it had never stopped (CPU, same thread
-count). A non-finite loss stops the cell at that step (`Divergence`); the other cells go on.
+evaluates on every task every ``eval_every`` steps (the curves, on a fixed subset of at most
+``eval_samples`` test samples per task) and after each task (one row of the accuracy matrix R,
+whose row 0 is the untrained model, always on the full test sets), and lets its strategy
+consolidate after each task. It checkpoints after every task and every ``checkpoint_every``
+steps: model, optimizer, learning-rate schedule, strategy state, random generator states, the
+position in the data and the results so far, so a resumed cell continues bitwise as if it had
+never stopped (CPU, same thread count). A non-finite loss stops the cell at that step
+(`Divergence`); the other cells go on.
 
 The parts, each with one job: `CellState` (what a checkpoint holds), `Evaluator` (accuracy on
-every task), `CellLog` (events and progress), `CheckpointPolicy` (when and what to save, and the
-restore), and the loop itself, `run_cell` and the functions below it.
+every task, `ewc.experiment.evaluation`), `CellLog` (events and progress), `CheckpointPolicy`
+(when and what to save, and the restore), and the loop itself, `run_cell` and the functions
+below it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from ewc._atomic import write_json_atomic
 from ewc._batches import Batch
 from ewc.experiment.config import Optimizer, RunConfig
+from ewc.experiment.evaluation import Evaluator
 from ewc.experiment.model_factory import build_factory_model
 from ewc.experiment.models import build_model
 from ewc.experiment.outcome import CellOutcome, Divergence
@@ -46,7 +50,7 @@ from ewc.experiment.storage.rundir import Cell, RunDirectory
 from ewc.experiment.strategies import Strategy, StrategyFactory, TaskContext, build_strategy
 from ewc.experiment.streams.benchmarks import TaskStream, TensorBatches
 from ewc.experiment.tensorboard import open_event_log
-from ewc.training import NonFiniteLossError, StepLoss, evaluate, train_step
+from ewc.training import NonFiniteLossError, StepLoss, train_step
 
 
 @dataclass
@@ -109,25 +113,6 @@ class CellState:
         torch.set_rng_state(state["rng"]["torch"])
 
 
-class Evaluator:
-    """Test accuracy of a model on every task of a stream, in task order."""
-
-    def __init__(self, stream: TaskStream, batch_size: int):
-        """Evaluate on ``stream``'s test sets in batches of ``batch_size``."""
-        self.stream, self.batch_size = stream, batch_size
-
-    def __call__(self, model: nn.Module) -> list[float]:
-        """One accuracy in [0, 1] per task (`ewc.training.evaluate`)."""
-        return [
-            evaluate(
-                model,
-                TensorBatches(task.test_inputs, task.test_targets, batch_size=self.batch_size),
-                output_fn=self.stream.output_fn(j),
-            )
-            for j, task in enumerate(self.stream.tasks)
-        ]
-
-
 class CellLog:
     """A cell's events: appended to its event log (`.storage.events`) and shown as progress."""
 
@@ -141,9 +126,10 @@ class CellLog:
         if task:
             self.progress.task_done(self.cell, task - 1, row)
 
-    def evaluation(self, step: int, task: int, row: list[float]) -> None:
-        """An evaluation while training ``task`` (1-based)."""
-        self.log.append(EvalEvent(self.cell.seed, self.cell.strategy, step, task, tuple(row)))
+    def evaluation(self, step: int, task: int, row: list[float], subset: int | None) -> None:
+        """An evaluation while training ``task`` (1-based), on ``subset`` samples per task."""
+        seed, strategy = self.cell.seed, self.cell.strategy
+        self.log.append(EvalEvent(seed, strategy, step, task, tuple(row), subset))
         self.progress.evaluated(self.cell, task - 1, row)
 
     def training(self, position: Position) -> None:
@@ -182,14 +168,19 @@ class CheckpointPolicy:
         return bool(self.every) and step % self.every == 0
 
     def save(self, state: CellState, log: EventLog) -> None:
-        """Save ``state`` with the event log's durable length (what a resume cuts it back to)."""
+        """Checkpoint ``state`` with the event log's length (what a resume cuts it back to).
+
+        Training goes on while the checkpoint is written (`CheckpointStore.save_in_background`):
+        the state is copied now, and the writer makes the log durable up to that length before
+        it writes the checkpoint, so a checkpoint never counts events that could be lost.
+        """
         tree = {
             "config_hash": self.config_hash,
             "cell": asdict(self.cell),
-            "events_length": log.durable_length(),
+            "events_length": log.length(),
             **state.state_dict(),
         }
-        self.store.save(tree, state.position.step)
+        self.store.save_in_background(tree, state.position.step, before=log.sync)
 
     def restore(self, state: CellState, log: EventLog) -> bool:
         """Load the newest readable checkpoint into ``state``; False if there is none.
@@ -241,13 +232,23 @@ def run_cell(
     events = open_event_log(run_dir, cell, tensorboard=config.output.tensorboard)
     store = CheckpointStore(run_dir.checkpoint_dir(cell), keep=2)
     checkpoints = CheckpointPolicy(store, config.checkpoint_every, config.hash(), cell)
-    evaluator = Evaluator(stream, config.training.eval_batch_size)
+    training = config.training
+    evaluator = Evaluator(
+        stream,
+        training.eval_batch_size,
+        subset=training.eval_samples or None,
+        seed=derived_seed(cell.seed, "evaluation subset"),
+    )
     log = CellLog(events, cell, progress)
     parts = _Parts(config, stream, state, evaluator, log, checkpoints, progress)
     try:
         outcome = _train_cell(parts)
+        store.wait()  # the last checkpoint is on disk (or its error is raised) before returning
     finally:
-        events.close()
+        try:
+            store.close()
+        finally:
+            events.close()
     if outcome.divergence is not None:
         write_json_atomic(marker, outcome.divergence.to_json())
     return outcome
@@ -324,7 +325,8 @@ def _step(parts: _Parts, scheduler: LRScheduler, batch: Batch, num_batches: int)
     )
     if training.eval_every and position.step % training.eval_every == 0:
         parts.log.training(position)
-        parts.log.evaluation(position.step, position.task + 1, parts.evaluate(state.model))
+        row = parts.evaluate.curve(state.model)
+        parts.log.evaluation(position.step, position.task + 1, row, parts.evaluate.subset)
     if parts.checkpoints.due(position.step):
         parts.checkpoints.save(state, parts.log.log)
 
@@ -365,7 +367,12 @@ def _batches(parts: _Parts, task: int, size: int, generator: torch.Generator) ->
     """``task``'s training set in shuffled batches drawn with ``generator``."""
     data = parts.stream.tasks[task]
     return TensorBatches(
-        data.train_inputs, data.train_targets, batch_size=size, shuffle=True, generator=generator
+        data.train_images,
+        data.train_targets,
+        batch_size=size,
+        shuffle=True,
+        generator=generator,
+        transform=data.transform,
     )
 
 

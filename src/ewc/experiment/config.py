@@ -111,6 +111,9 @@ class TrainingConfig:
     epochs: int = at_least(1, 10)  # per task
     eval_every: int = at_least(0, 50)  # steps between evaluations on every task (0: task ends)
     eval_batch_size: int = at_least(1, 1000)
+    # test samples per task behind each curve point (a fixed seeded subset; 0: all of them);
+    # the rows of the accuracy matrix always use every test sample
+    eval_samples: int = at_least(0, 1000)
     reset_optimizer: bool = False  # a fresh optimizer state for every task (see below)
     lr_schedule: LrSchedule = LrSchedule.CONSTANT  # within each task (ewc.experiment.schedules)
     warmup_steps: int = at_least(0, 0)  # lr rises linearly over each task's first steps
@@ -150,6 +153,9 @@ class RunConfig:
         """
         data = self.to_dict()
         data.pop("output")  # what is written besides the run directory, never the results
+        for table, keys in UNHASHED_KEYS.items():
+            for key in keys:
+                data[table].pop(key, None)
         for table, defaults in UNHASHED_DEFAULTS.items():
             for key, value in defaults.items():
                 if data[table].get(key) == value:
@@ -157,6 +163,10 @@ class RunConfig:
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
+
+#: Keys that change no result, only how the curve points between task ends are measured (each
+#: eval event records it): left out of the hash, so a run can be resumed with another value.
+UNHASHED_KEYS: dict[str, tuple[str, ...]] = {"training": ("eval_samples",)}
 
 #: Keys that configs recorded before they existed lack, and the value those runs used.
 UNHASHED_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -59,6 +59,7 @@ from ewc.experiment.cell import (
     _train_cell,
     derived_seed,
 )
+from ewc.experiment.evaluation import Evaluator
 from ewc.experiment.outcome import CellOutcome, Divergence
 from ewc.experiment.progress import Progress
 from ewc.experiment.storage.checkpoint import CheckpointStore, load_checkpoint
@@ -93,14 +94,24 @@ def run_team_cell(
     events = open_event_log(run_dir, cell, tensorboard) if team.is_main else _NoEvents()
     store = CheckpointStore(run_dir.checkpoint_dir(cell), keep=2)
     checkpoints = TeamCheckpoints(store, config.checkpoint_every, config.hash(), cell, team)
-    evaluator = ShardedEvaluator(stream, config.training.eval_batch_size, team)
+    evaluator = ShardedEvaluator(
+        stream,
+        config.training.eval_batch_size,
+        team,
+        subset=config.training.eval_samples or None,
+        seed=derived_seed(cell.seed, "evaluation subset"),
+    )
     log = CellLog(events, cell, progress)
     step = DistributedStep(state.model, team)
     parts = _Parts(config, stream, state, evaluator, log, checkpoints, progress, step)
     try:
         outcome = _train_cell(parts)
+        store.wait()  # rank 0's last checkpoint is on disk (or its error raised) before returning
     finally:
-        events.close()
+        try:
+            store.close()
+        finally:
+            events.close()
     if outcome.divergence is not None and team.is_main:
         write_json_atomic(marker, outcome.divergence.to_json())
     team.barrier()
@@ -175,27 +186,44 @@ class ShardedEvaluator:
 
     The accuracy is Σ_r correct_r / Σ_r counted_r, the one-process accuracy on the whole test
     set (a mean of per-rank accuracies would weigh unequal shards wrongly). One all-reduce per
-    evaluation, for all tasks.
+    evaluation, for all tasks. The curve points on a subset (`Evaluator.curve`) are measured
+    whole on every rank: the ranks hold the same weights, so they get the same numbers without
+    communicating.
     """
 
-    def __init__(self, stream: TaskStream, batch_size: int, team: Team):
+    def __init__(
+        self,
+        stream: TaskStream,
+        batch_size: int,
+        team: Team,
+        *,
+        subset: int | None = None,
+        seed: int = 0,
+    ):
         self.stream, self.batch_size, self.team = stream, batch_size, team
+        self._local = Evaluator(stream, batch_size, subset=subset, seed=seed)
+        self.subset = self._local.subset
 
     def __call__(self, model: nn.Module) -> list[float]:
         """One accuracy in [0, 1] per task, the same on every rank."""
         counts: list[int] = []
         for j, task in enumerate(self.stream.tasks):
-            rows = shard_range(task.test_inputs.shape[0], self.team.rank, self.team.size)
-            inputs, targets = (
-                task.test_inputs[rows.start : rows.stop],
+            rows = shard_range(task.test_targets.shape[0], self.team.rank, self.team.size)
+            batches = TensorBatches(
+                task.test_images[rows.start : rows.stop],
                 task.test_targets[rows.start : rows.stop],
+                batch_size=self.batch_size,
+                transform=task.transform,
             )
-            batches = TensorBatches(inputs, targets, batch_size=self.batch_size)
             counts += accuracy_counts(model, batches, output_fn=self.stream.output_fn(j))
         totals = self.team.sum(counts)
         if any(seen == 0 for seen in totals[1::2]):
             raise ValueError("cannot evaluate on a task whose test set is empty")
         return [correct / seen for correct, seen in zip(totals[::2], totals[1::2], strict=True)]
+
+    def curve(self, model: nn.Module) -> list[float]:
+        """The curve point: on the subsets, or sharded on the full test sets without them."""
+        return self(model) if self.subset is None else self._local.curve(model)
 
 
 class SharedStrategy:

@@ -215,8 +215,24 @@ def _figures_section(run: Run, figures: Mapping[str, str]) -> list[Block]:
     for key in ("curves", "matrices", "final_accuracy"):
         if key in figures:
             caption = CAPTIONS[key] + (spread if key != "matrices" else "")
+            caption += _measured_on(run) if key == "curves" else ""
             blocks.append(Figure(figures[key], alts[key], (caption,)))
     return blocks
+
+
+def _measured_on(run: Run) -> str:
+    """What the curve points between task ends were measured on, when some used a subset."""
+    sizes = sorted(
+        {p.subset for pair in run.pairs.values() for p in pair.points if p.subset is not None}
+    )
+    if not sizes:
+        return ""
+    counts = " or ".join(f"{n:,}" for n in sizes)
+    return (
+        f" The points between task ends are measured on a fixed random subset of at most "
+        f"{counts} test samples per task (the same at every point, drawn from the seed); the "
+        "points at task ends, like the accuracy matrices and metrics, on the full test sets."
+    )
 
 
 def _matrices_section(run: Run) -> list[Block]:

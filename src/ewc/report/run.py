@@ -39,12 +39,15 @@ class Point:
 
     ``boundary`` marks the evaluation at the end of task ``task`` (a ``task_end`` event, or the
     untrained row of the matrix for task 0): the point where the next task's curve starts.
+    ``subset``: measured on a fixed subset of at most this many test samples per task; None: on
+    the full test sets (always so at a boundary).
     """
 
     task: int
     step: int
     accuracies: tuple[float | None, ...]
     boundary: bool = False
+    subset: int | None = None
 
 
 @dataclass
@@ -226,7 +229,8 @@ def _add_evaluation(event: EvalEvent | TaskEndEvent, pairs: dict[tuple[int, str]
     """Record one eval or task_end event."""
     pair = pairs.setdefault((event.seed, event.strategy), SeedRun(event.seed, event.strategy))
     boundary = isinstance(event, TaskEndEvent)
-    pair.points.append(Point(event.task, event.step, event.accuracies, boundary))
+    subset = event.subset if isinstance(event, EvalEvent) else None
+    pair.points.append(Point(event.task, event.step, event.accuracies, boundary, subset))
     if boundary:
         pair.rows[event.task] = event.accuracies
 

@@ -420,3 +420,31 @@ def test_bad_angles_are_named(data):
 def test_data_must_be_an_image_dataset():
     with pytest.raises(TypeError, match=r"data must be an ewc\.data\.ImageDataset; got dict"):
         build_stream("split", {})
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("permuted", {"num_tasks": 3}), ("rotated", {"num_tasks": 3}), ("split", {})],
+)
+def test_inputs_made_per_batch_are_the_bits_of_the_whole_split(name, options):
+    # Tasks keep uint8 images and transform each batch; the runner's results rest on this
+    # being bit for bit what transforming the whole split at once gives.
+    stream = build_stream(name, synthetic(), seed=3, **options)
+    for task in stream.tasks:
+        whole = task.transform(task.train_images)
+        order = torch.randperm(task.train_targets.shape[0], generator=torch.Generator())
+        batches = TensorBatches(
+            task.train_images, task.train_targets, batch_size=17, transform=task.transform
+        )
+        assert torch.equal(torch.cat([inputs for inputs, _ in batches]), whole)
+        assert torch.equal(task.transform(task.train_images[order[:33]]), whole[order[:33]])
+        assert whole.dtype == torch.float32
+        assert task.train_images.dtype == torch.uint8
+
+
+def test_permuted_and_rotated_tasks_share_the_data_sets_images():
+    data = synthetic()
+    for name in ("permuted", "rotated"):
+        for task in build_stream(name, data, num_tasks=3).tasks:
+            assert task.train_images.data_ptr() == data.train_images.data_ptr()
+            assert task.test_images.data_ptr() == data.test_images.data_ptr()

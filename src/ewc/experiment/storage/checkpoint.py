@@ -31,6 +31,13 @@ equal copies.
 Writing is atomic: the bytes go to a temporary file in the destination directory, which is
 flushed and fsynced, renamed over the destination with ``os.replace``, and the directory is
 fsynced. A crash leaves either the old file or the new one, never a mix.
+
+:meth:`CheckpointStore.save_in_background` lets training go on while a checkpoint is written:
+the state is encoded and its tensors copied to CPU memory at once (the snapshot; what training
+changes next cannot reach it), and one writer thread per store serialises, hashes and writes the
+snapshots in order, with the content :func:`save_checkpoint` writes. At most one write is pending:
+the next save, :meth:`CheckpointStore.wait` and :meth:`CheckpointStore.close` wait for it, and a
+write that failed raises its error there.
 """
 
 from __future__ import annotations
@@ -43,7 +50,9 @@ import os
 import re
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,16 +126,33 @@ def save_checkpoint(path: str | os.PathLike[str], state: Any) -> None:
         CheckpointError: the file could not be written (the OS error is chained); no temporary
             file is left behind and an existing checkpoint at ``path`` is untouched.
     """
-    path = Path(path)
-    encoder = _Encoder()
+    _write_encoded(Path(path), _encode(state, copy=False))
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """A state as the file stores it: the JSON description and the named tensors."""
+
+    description: str
+    tensors: dict[str, torch.Tensor]
+
+
+def _encode(state: Any, *, copy: bool) -> _Encoded:
+    """Describe ``state``; with ``copy``, its tensors are copies that training cannot change."""
+    encoder = _Encoder(copy=copy)
     tree = encoder.encode(state, "state")
     description = json.dumps(tree, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return _Encoded(description, encoder.tensors)
+
+
+def _write_encoded(path: Path, encoded: _Encoded) -> None:
+    """Serialise, hash and write ``encoded`` atomically to ``path``."""
     metadata = {
         _FORMAT_KEY: str(FORMAT_VERSION),
-        _STATE_KEY: description,
-        _DIGEST_KEY: _digest(description, encoder.tensors),
+        _STATE_KEY: encoded.description,
+        _DIGEST_KEY: _digest(encoded.description, encoded.tensors),
     }
-    data = _safetensors_save(encoder.tensors, metadata=metadata)
+    data = _safetensors_save(encoded.tensors, metadata=metadata)
     try:
         write_bytes_atomic(path, data)
     except OSError as error:
@@ -190,6 +216,8 @@ class CheckpointStore:
             raise ValueError(f"keep must be an int >= 1 (checkpoints to keep); got {keep!r}")
         self.directory = Path(directory)
         self.keep = keep
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future[Path] | None = None
 
     def path(self, step: int) -> Path:
         """The file of the checkpoint of ``step`` (a non-negative int)."""
@@ -224,13 +252,56 @@ class CheckpointStore:
             ValueError: ``step`` is negative, not an int, or older than the newest checkpoint.
             TypeError, CheckpointError: as :func:`save_checkpoint`; nothing is deleted then.
         """
+        self.wait()
+        return self._save_encoded(_encode(state, copy=False), step)
+
+    def save_in_background(
+        self, state: Any, step: int, *, before: Callable[[], None] | None = None
+    ) -> None:
+        """Snapshot ``state`` now and write it as the checkpoint of ``step`` in a writer thread.
+
+        Waits for the previous write first. ``before`` runs in the writer thread just before
+        the write (e.g. making a log durable up to the length the state records).
+
+        Raises:
+            TypeError, ValueError: ``state`` cannot be stored (at once, nothing is written).
+            CheckpointError: the previous write failed (its checkpoint was not written).
+        """
+        self.wait()
+        encoded = _encode(state, copy=True)
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="ewc-checkpoint")
+        self._pending = self._writer.submit(self._write_job, encoded, step, before)
+
+    def wait(self) -> None:
+        """Wait for the pending background write; raise its error if it failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for the pending write (raising its error) and end the writer thread."""
+        try:
+            self.wait()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
+
+    def _write_job(self, encoded: _Encoded, step: int, before: Callable[[], None] | None) -> Path:
+        if before is not None:
+            before()
+        return self._save_encoded(encoded, step)
+
+    def _save_encoded(self, encoded: _Encoded, step: int) -> Path:
+        """Write ``encoded`` as the checkpoint of ``step``, then delete all but the newest."""
         path = self.path(step)
         existing = self.steps()
         if existing and step < existing[-1]:
             newest = self.path(existing[-1])
             raise ValueError(f"step {step} is older than the newest checkpoint {newest}")
         self.directory.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(path, state)
+        _write_encoded(path, encoded)
         for old in sorted({*existing, step})[: -self.keep]:
             self.path(old).unlink(missing_ok=True)
         return path
@@ -240,8 +311,10 @@ class CheckpointStore:
 
         A checkpoint that fails to load is skipped with a :class:`CheckpointWarning` naming the
         file and the reason: a corrupted or truncated one is renamed to ``<name>.corrupt`` (or
-        ``<name>.corrupt-2``, ...), an unreadable one (an OS error) is left in place.
+        ``<name>.corrupt-2``, ...), an unreadable one (an OS error) is left in place. A pending
+        background write is waited for first.
         """
+        self.wait()
         for step in reversed(self.steps()):
             path = self.path(step)
             try:
@@ -276,9 +349,13 @@ def _free_name(path: Path) -> Path:
 
 
 class _Encoder:
-    """Turns a state into its JSON description, collecting its tensors under generated names."""
+    """Turns a state into its JSON description, collecting its tensors under generated names.
 
-    def __init__(self) -> None:
+    With ``copy``, every tensor is collected as a copy, never as a view of the state's memory.
+    """
+
+    def __init__(self, *, copy: bool = False) -> None:
+        self.copy = copy
         self.tensors: dict[str, torch.Tensor] = {}
         self._storages: set[int] = set()
         self._open: set[int] = set()  # containers being encoded: meeting one again is a cycle
@@ -335,7 +412,9 @@ class _Encoder:
             )
         data = tensor.detach().resolve_conj().resolve_neg().cpu().contiguous()
         storage = data.untyped_storage().data_ptr()
-        if storage in self._storages or storage == 0:
+        if self.copy and storage == tensor.untyped_storage().data_ptr():
+            data = data.clone()  # a snapshot: the state's own memory goes on changing
+        elif storage in self._storages or storage == 0:
             data = data.clone()  # safetensors refuses tensors that share memory
         self._storages.add(data.untyped_storage().data_ptr())
         name = f"t{len(self.tensors)}"

@@ -5,7 +5,8 @@ Every line of ``metrics.jsonl`` (and of a cell's ``events.jsonl``) is one JSON o
 step it was taken at (steps count from the cell's start, 0 before any training)::
 
     task_end  task, accuracies    a row of the accuracy matrix R (task 0: the untrained model)
-    eval      task, accuracies    every task's test accuracy while training ``task`` (1-based)
+    eval      task, accuracies    every task's test accuracy while training ``task`` (1-based);
+              subset              over at most this many test samples per task (null: all)
     train     task, loss, penalty mean loss and penalty since the previous train event
     note      message             something the user should read (a warning, a divergence)
     diverged  task, epoch, message  the loss became non-finite at ``step``; the cell stopped
@@ -52,9 +53,15 @@ class TaskEndEvent(_AccuracyEvent):
 
 @dataclass(frozen=True)
 class EvalEvent(_AccuracyEvent):
-    """Test accuracy on every task at ``step``, while training ``task`` (1-based)."""
+    """Test accuracy on every task at ``step``, while training ``task`` (1-based).
+
+    ``subset``: the accuracies are over a fixed subset of at most this many test samples per
+    task (`ewc.experiment.evaluation`); None: over the full test sets (and in runs written before
+    subsets existed).
+    """
 
     kind: ClassVar[str] = "eval"
+    subset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,12 @@ Event: TypeAlias = TaskEndEvent | EvalEvent | TrainEvent | NoteEvent | DivergedE
 _KINDS: dict[str, type[Event]] = {
     cls.kind: cls for cls in (TaskEndEvent, EvalEvent, TrainEvent, NoteEvent, DivergedEvent)
 }
-_OPTIONAL = {(NoteEvent, "seed"), (NoteEvent, "strategy"), (NoteEvent, "step")}
+_OPTIONAL = {
+    (NoteEvent, "seed"),
+    (NoteEvent, "strategy"),
+    (NoteEvent, "step"),
+    (EvalEvent, "subset"),
+}
 
 
 def event_to_json(event: Event) -> dict[str, Any]:
@@ -166,6 +178,15 @@ class EventLog:
         self._file.flush()
         os.fsync(self._file.fileno())
         return self.path.stat().st_size
+
+    def length(self) -> int:
+        """Flush the log; return its length in bytes (durable once `sync` has run)."""
+        self._file.flush()
+        return self.path.stat().st_size
+
+    def sync(self) -> None:
+        """Make what was flushed durable (may run in another thread while events are added)."""
+        os.fsync(self._file.fileno())
 
     def truncate(self, length: int) -> None:
         """Cut the log back to ``length`` bytes: events after a checkpoint are written again."""

@@ -18,7 +18,8 @@ Defaults are in :data:`DEFAULTS`, the one place the runner reads them from.
   half turn, never reaching 180°, where a 6 becomes a 9.
 
 Inputs are float32 ``(N, 1, H, W)``, the uint8 pixels divided by 255, with no mean/std
-normalisation (see :func:`.transforms.to_unit_interval`). Everything is a deterministic function of
+normalisation (see :func:`.transforms.to_unit_interval`), made per batch from the uint8 images
+that every task shares (`.tasks.Task`). Everything is a deterministic function of
  the data and ``seed``; only ``permuted`` is random, and it uses its own generators, never the
 global one.
 """
@@ -255,23 +256,39 @@ def _permuted_tasks(recipe: _Recipe, count: int, seed: int) -> list[Task]:
     for t in range(count):
         order = pixel_permutation(seed, t, num_pixels)
         name = f"permutation {t + 1}" + (" (identity)" if t == 0 else "")
-
-        def transform(images: Tensor, order: Tensor = order) -> Tensor:
-            return to_unit_interval(permute_pixels(images, order))
-
+        transform = PermutedInputs(order)
         tasks.append(_make_task(recipe, t, name, classes, t * len(classes), transform))
     return tasks
+
+
+@dataclass(frozen=True, eq=False)
+class PermutedInputs:
+    """A permuted task's inputs: ``to_unit_interval(permute_pixels(images, order))``."""
+
+    order: Tensor
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """uint8 ``(n, H, W)`` → float32 ``(n, 1, H, W)``, pixels reordered by ``order``."""
+        return to_unit_interval(permute_pixels(images, self.order))
+
+
+@dataclass(frozen=True)
+class RotatedInputs:
+    """A rotated task's inputs: ``rotate(to_unit_interval(images), degrees)``."""
+
+    degrees: float
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """uint8 ``(n, H, W)`` → float32 ``(n, 1, H, W)``, rotated by ``degrees``."""
+        return rotate(to_unit_interval(images), self.degrees)
 
 
 def _rotated_tasks(recipe: _Recipe, angles: tuple[float, ...]) -> list[Task]:
     classes = tuple(range(recipe.data.num_classes))
     tasks = []
     for t, angle in enumerate(angles):
-
-        def transform(images: Tensor, angle: float = angle) -> Tensor:
-            return rotate(to_unit_interval(images), angle)
-
         name = f"rotation {angle:g}°"
+        transform = RotatedInputs(angle)
         tasks.append(_make_task(recipe, t, name, classes, t * len(classes), transform))
     return tasks
 
@@ -319,7 +336,7 @@ def _make_task(
     offset: int,
     transform: Callable[[Tensor], Tensor],
 ) -> Task:
-    """Keep the images of ``classes`` (up to the limits), transform and label them."""
+    """Keep the images of ``classes`` (up to the limits) as uint8, label them; transform later."""
     data = recipe.data
     lookup = torch.full((data.num_classes,), -1, dtype=torch.int64)
     shift = offset if recipe.scenario is Scenario.CLASS else 0
@@ -333,8 +350,15 @@ def _make_task(
                 f"task index {index} ({name}) has no {split} images in {data.name!r}: classes "
                 f"{classes} do not occur in its {split} split"
             )
-        parts += [transform(getattr(data, f"{split}_images")[keep]), labels[keep]]
-    return Task(index, name, *parts, classes=classes)
+        parts += [_rows(getattr(data, f"{split}_images"), keep), labels[keep]]
+    return Task(index, name, *parts, classes=classes, transform=transform)
+
+
+def _rows(images: Tensor, keep: Tensor) -> Tensor:
+    """``images[keep]``; a view, not a copy, when ``keep`` is the first rows in order."""
+    if int(keep[-1]) == keep.numel() - 1:  # increasing and unique, so 0, 1, …, n − 1
+        return images[: keep.numel()]
+    return images[keep]
 
 
 def pixel_permutation(seed: int, index: int, num_pixels: int) -> Tensor:

@@ -3,12 +3,13 @@
 A `DataLoader` over a `TensorDataset` would also do, but it indexes and collates sample by sample,
 and shuffles from the global generator unless given one. Here a batch is one slice or one gather,
 and the order of a pass is one ``torch.randperm`` call on a generator the caller owns, whose state
-a checkpoint can save and restore.
+a checkpoint can save and restore. A ``transform`` turns each batch into model inputs as it is
+drawn (uint8 images into a task's float inputs), so a task's inputs never exist all at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -28,6 +29,8 @@ class TensorBatches:
         shuffle: a new random order per pass; needs ``generator`` (never the global generator).
         generator: the source of the orders (unused without shuffle); ``randperm`` runs on its
             device.
+        transform: applied to each batch of inputs (e.g. `ewc.experiment.streams.tasks.Task`'s
+            uint8 images → float inputs); None yields the inputs as they are.
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class TensorBatches:
         batch_size: int,
         shuffle: bool = False,
         generator: torch.Generator | None = None,
+        transform: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         for role, value in (("inputs", inputs), ("targets", targets)):
             if not isinstance(value, Tensor) or value.dim() == 0:
@@ -58,7 +62,7 @@ class TensorBatches:
                 "reproducible and does not consume the global random state"
             )
         self.inputs, self.targets = inputs, targets
-        self.shuffle, self.generator = shuffle, generator
+        self.shuffle, self.generator, self.transform = shuffle, generator, transform
 
     @property
     def num_samples(self) -> int:
@@ -78,13 +82,15 @@ class TensorBatches:
         return self._batches(order.to(self.inputs.device))
 
     def _batches(self, order: Tensor | None) -> Iterator[tuple[Tensor, Tensor]]:
+        transform = self.transform
         for start in range(0, self.num_samples, self.batch_size):
             if order is None:
                 stop = start + self.batch_size
-                yield self.inputs[start:stop], self.targets[start:stop]
+                inputs, targets = self.inputs[start:stop], self.targets[start:stop]
             else:
                 index = order[start : start + self.batch_size]
-                yield self.inputs[index], self.targets[index.to(self.targets.device)]
+                inputs, targets = self.inputs[index], self.targets[index.to(self.targets.device)]
+            yield (inputs if transform is None else transform(inputs)), targets
 
     def __repr__(self) -> str:
         return (

@@ -31,7 +31,7 @@ the class-IL output layer with the other tasks' columns masked out, as in van de
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -70,28 +70,46 @@ class Benchmark(Choice):
 class Task:
     """One task of a stream, ready for training and evaluation.
 
+    The images stay uint8 as the data set holds them, once for all tasks that use them (a view,
+    not a copy, when a task takes every image); ``transform`` turns any batch of them into model
+    inputs (the task's permutation or rotation, and the scaling to [0, 1]). Applying it per batch
+    gives the same bits as applying it to the whole split, since every transform works on each
+    image alone (tests check this), so memory does not grow with the number of tasks.
+
     Attributes:
         index: the 0-based position in the stream.
         name: for humans: ``"permutation 3"``, ``"digits 4/5"``, ``"rotation 36°"``.
-        train_inputs: float32 ``(N_train, 1, H, W)`` in [0, 1].
+        train_images: uint8 ``(N_train, H, W)``, the task's training images before ``transform``.
         train_targets: int64 ``(N_train,)``, labelled as the stream's scenario says (module doc).
-        test_inputs: float32 ``(N_test, 1, H, W)`` in [0, 1].
+        test_images: uint8 ``(N_test, H, W)``.
         test_targets: int64 ``(N_test,)``.
         classes: the original data set's classes in this task; within-task label i is classes[i].
+        transform: uint8 ``(n, H, W)`` images → float32 model inputs ``(n, 1, H, W)`` in [0, 1].
     """
 
     index: int
     name: str
-    train_inputs: Tensor
+    train_images: Tensor
     train_targets: Tensor
-    test_inputs: Tensor
+    test_images: Tensor
     test_targets: Tensor
     classes: tuple[int, ...]
+    transform: Callable[[Tensor], Tensor]
+
+    @property
+    def train_inputs(self) -> Tensor:
+        """float32 ``(N_train, 1, H, W)`` in [0, 1]: every training input (new at each call)."""
+        return self.transform(self.train_images)
+
+    @property
+    def test_inputs(self) -> Tensor:
+        """float32 ``(N_test, 1, H, W)`` in [0, 1]: every test input (new at each call)."""
+        return self.transform(self.test_images)
 
     def __repr__(self) -> str:
         return (
-            f"Task({self.index}, {self.name!r}, train={self.train_inputs.shape[0]}, "
-            f"test={self.test_inputs.shape[0]}, classes={self.classes})"
+            f"Task({self.index}, {self.name!r}, train={self.train_targets.shape[0]}, "
+            f"test={self.test_targets.shape[0]}, classes={self.classes})"
         )
 
 
