@@ -53,6 +53,21 @@ class ConfigError(ValueError):
         return self if self.key is None else ConfigError(self.template, f"{prefix}.{self.key}")
 
 
+class ClassOrder(Choice):
+    """Which classes form which split task (``benchmark.class_order``).
+
+    ``natural``: (0, 1), (2, 3), … in label order. ``shuffled``: the labels are permuted by a
+    seeded draw per run seed before they are grouped, so every seed learns other pairs, as van de
+    Ven's code does for every seed but 0 (GMvandeVen/continual-learning, ``data/load.py``:
+    ``perm_class_list = np.random.permutation(...)`` unless ``exception``).
+    """
+
+    __noun__ = ("class order", "class orders")
+
+    NATURAL = "natural"
+    SHUFFLED = "shuffled"
+
+
 class Optimizer(Choice):
     """The optimizer that trains every task (``torch.optim.Adam`` or plain ``torch.optim.SGD``)."""
 
@@ -86,6 +101,8 @@ class BenchmarkConfig:
     scenario: Scenario | None = None  # None: the benchmark's default
     multi_head: bool | None = None  # one output head per task; None: True for task-IL
     classes_per_task: int = at_least(2, 2)  # split only
+    class_order: ClassOrder = ClassOrder.NATURAL  # split only: natural or shuffled per seed
+    pad: int = at_least(0, 0)  # zero pixels added on every side (2: 28×28 → 32×32)
     angles: list[float] | None = None  # rotated only; None: evenly spaced
     train_samples: int | None = at_least(1, None)  # at most this many training samples per task
     test_samples: int | None = at_least(1, None)  # at most this many test samples per task
@@ -106,7 +123,11 @@ class TrainingConfig:
     optimizer: Optimizer = Optimizer.ADAM
     lr: float = above(0.0, 1e-3)
     batch_size: int = at_least(1, 128)
-    epochs: int = at_least(1, 10)  # per task
+    epochs: int = at_least(1, 10)  # per task; ignored when steps is set
+    # Optimizer steps per task; when set it replaces epochs: the task's data are cycled in
+    # reshuffled passes until this many steps are taken (van de Ven's "iterations per task").
+    steps: int | None = at_least(1, None)
+    drop_last: bool = False  # skip each pass's last, smaller batch (as van de Ven's loader)
     eval_every: int = at_least(0, 50)  # steps between evaluations on every task (0: task ends)
     eval_batch_size: int = at_least(1, 1000)
     reset_optimizer: bool = False  # a fresh optimizer state for every task (see below)
@@ -148,7 +169,10 @@ class RunConfig:
 
 
 #: Keys that configs recorded before they existed lack, and the value those runs used.
-UNHASHED_DEFAULTS: dict[str, dict[str, Any]] = {"training": {"device": "cpu"}}
+UNHASHED_DEFAULTS: dict[str, dict[str, Any]] = {
+    "training": {"device": "cpu", "steps": None, "drop_last": False},
+    "benchmark": {"class_order": ClassOrder.NATURAL.value, "pad": 0},
+}
 
 
 def _plain_dict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -224,13 +248,23 @@ def defaults_for(benchmark: Benchmark | str) -> dict[str, Any]:
     return merge(base, BENCHMARK_DEFAULTS[name])
 
 
-def resolve(file: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
-    """The config from benchmark defaults, then the TOML ``file``, then ``key=value`` overrides."""
-    from_file = load_toml(file) if file is not None else {}
-    from_overrides = parse_overrides(overrides)
-    name = _benchmark_name(from_overrides) or _benchmark_name(from_file) or Benchmark.PERMUTED
-    merged = merge(merge(defaults_for(name), from_file), from_overrides)
-    _drop_unused_optional(merged, [from_file, from_overrides])
+def resolve(
+    file: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """The config from benchmark defaults, ``base``, the TOML ``file``, then the overrides.
+
+    ``base`` is a preset's config tables (`ewc.experiment.presets`): it sits between the
+    benchmark's defaults and the user's file and overrides.
+    """
+    given = [dict(base or {}), load_toml(file) if file is not None else {}]
+    given.append(parse_overrides(overrides))
+    name = next((n for n in map(_benchmark_name, reversed(given)) if n), Benchmark.PERMUTED)
+    merged = defaults_for(name)
+    for source in given:
+        merged = merge(merged, source)
+    _drop_unused_optional(merged, given)
     return fill_stream_defaults(from_dict(merged))
 
 
@@ -299,6 +333,11 @@ def _check_combinations(config: RunConfig) -> None:
         raise ConfigError(
             "benchmark.multi_head = true needs benchmark.scenario = 'task' (a head per task "
             f"means telling the model the task); got benchmark.scenario = {b.scenario.value!r}"
+        )
+    if b.class_order is not ClassOrder.NATURAL and b.name is not Benchmark.SPLIT:
+        raise ConfigError(
+            f"benchmark.class_order = {b.class_order.value!r} applies to the split benchmark "
+            f"only; got benchmark.name = {b.name.value!r} (leave class_order at 'natural')"
         )
     if b.data_dir is not None and b.source not in (Source.DIR, Source.AUTO):
         raise ConfigError(

@@ -31,6 +31,7 @@ from ewc.experiment.progress import LineProgress, Progress, make_progress
 from ewc.experiment.storage.rundir import Cell, RunDirectory, RunDirectoryError
 from ewc.experiment.strategies import BUILTIN_STRATEGIES, StrategyFactory, build_strategy
 from ewc.experiment.streams.benchmarks import TaskStream, build_stream
+from ewc.experiment.streams.protocol import order_classes, pad_images
 from ewc.experiment.summary import Summary, summarize
 
 
@@ -114,7 +115,7 @@ def stream_for(config: RunConfig, data: ImageDataset, seed: int) -> TaskStream:
     b = config.benchmark
     return build_stream(
         b.name,
-        data,
+        pad_images(order_classes(data, b.class_order.value, seed), b.pad),
         num_tasks=b.num_tasks,
         scenario=b.scenario,
         multi_head=b.multi_head,
