@@ -273,8 +273,24 @@ def test_the_report_shows_fwt_as_not_applicable_and_the_wall_times(tmp_path):
     assert "Fisher (s)" in text
 
 
-def test_permuted_defaults_keep_five_tasks_for_the_default_run_only():
+def test_permuted_runs_have_ten_tasks_but_the_quick_start_keeps_five():
     from ewc.experiment.streams.benchmarks import DEFAULTS, Benchmark
 
     assert DEFAULTS[Benchmark.PERMUTED].num_tasks == 10
-    assert resolve().benchmark.num_tasks == 5  # the default `ewc run`, unchanged
+    assert resolve().benchmark.num_tasks == 5  # the quick start, a bare `ewc run`: unchanged
+    assert resolve(overrides=["training.epochs=1"]).benchmark.num_tasks == 5
+    named = resolve(overrides=["benchmark.name=permuted"])
+    assert named.benchmark.num_tasks is None  # the stream's default: 10 tasks
+    assert (
+        resolve(overrides=["benchmark.name=permuted", "benchmark.num_tasks=3"]).benchmark.num_tasks
+        == 3
+    )
+
+
+def test_a_named_permuted_benchmark_builds_ten_tasks(tmp_path):
+    config = tiny_config("benchmark.name=permuted", "benchmark.num_tasks=2")
+    assert config.benchmark.num_tasks == 2
+    from ewc.experiment.runner import stream_for
+
+    stream = stream_for(resolve(overrides=["benchmark.name=permuted"]), learnable_digits(), 0)
+    assert stream.num_tasks == 10
