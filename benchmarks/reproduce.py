@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table:
         for name, directory, overrides in runs:
             _run(args, name, directory, overrides)
-    print(table(preset, [directory for _, directory, _ in runs]))
+    extra = [d for folder in args.also for d in sorted(folder.iterdir()) if d.is_dir()]
+    print(table(preset, [directory for _, directory, _ in runs] + extra))
     return 0
 
 
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--grid-values", help="comma-separated λ values instead of the grid")
     parser.add_argument("--data-dir", type=Path, help="the full data set's folder")
     parser.add_argument("--out", type=Path, required=True, help="one run directory per run")
+    parser.add_argument(
+        "--also", type=Path, action="append", default=[], help="more --out folders for the table"
+    )
     parser.add_argument("--table", action="store_true", help="only print the table")
     return parser
 
@@ -103,39 +107,59 @@ def _run(args: argparse.Namespace, name: str, directory: Path, overrides: list[s
 
 def table(preset: presets.Preset, directories: list[Path]) -> str:
     """Markdown: per strategy (and λ), published, ours (mean ± SEM, n), wall time per seed."""
-    results = _collect(directories)
+    results = collect(directories)
     lines = [
         f"preset {preset.name} (v{preset.version})",
         "| strategy | λ | published ACC | ours ACC (mean ± SEM, n) | training + Fisher s/seed |",
         "|---|---|---|---|---|",
     ]
-    for (name, strength), cells in sorted(results.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+    for (name, strength), cells in sorted(results.items()):
         accs = [c["acc"] for c in cells]
-        seconds = statistics.mean(c["seconds"] for c in cells)
+        seconds = [c["seconds"] for c in cells if c["seconds"] is not None]
+        wall = f"{statistics.mean(seconds):,.0f}" if seconds else "—"
         lines.append(
             f"| {name} | {strength} | {_published(preset, name)} | {_mean_sem(accs)} "
-            f"(n={len(accs)}) | {seconds:,.0f} |"
+            f"(n={len(accs)}) | {wall} |"
         )
     return "\n".join(lines)
 
 
-def _collect(directories: list[Path]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """(strategy, λ) → [{"acc", "seconds"}] from every finished run directory."""
+def collect(directories: list[Path]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """(strategy, λ) → [{"acc", "seconds"}] of every cell that trained all its tasks.
+
+    A cell counts once its event log holds every task's row, even if its run was stopped before
+    ``summary.json`` was written (a run of several strategies killed after the first); its wall
+    time is then unknown (None).
+    """
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for directory in directories:
-        summary_path = directory / "summary.json"
-        if not summary_path.is_file():
+        if not (directory / "config.json").is_file():
             continue
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))["config"]
-        for name, values in summary["strategies"].items():
-            strength = config["strategies"].get(name, {}).get("strength", "")
-            spent = summary.get("timings_s", {}).get(name, {})
-            seconds = spent.get("training", math.nan) + spent.get("fisher", 0.0)
-            for acc in values["ACC"]["values"]:
-                entry = {"acc": acc, "seconds": seconds}
-                results.setdefault((name, f"{strength:g}" if strength else "—"), []).append(entry)
+        summary_path = directory / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        for events in sorted((directory / "cells").glob("*/events.jsonl")):
+            rows = _task_rows(events)
+            if not rows or len(rows) != len(rows[0]) + 1:
+                continue
+            name = events.parent.name.split("-", 1)[1]
+            strength = config["strategies"].get(name, {}).get("strength")
+            spent = summary.get("timings_s", {}).get(name)
+            seconds = spent["training"] + spent["fisher"] if spent else None
+            entry = {"acc": statistics.mean(rows[-1]), "seconds": seconds}
+            label = f"{strength:g}" if strength is not None else "—"
+            results.setdefault((name, label), []).append(entry)
     return results
+
+
+def _task_rows(path: Path) -> list[list[float]]:
+    """The accuracy rows of a cell's ``task_end`` events, in task order (row 0: untrained)."""
+    rows: dict[int, list[float]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        event = json.loads(line)
+        if event.get("event") == "task_end":
+            rows[event["task"]] = event["accuracies"]
+    return [rows[k] for k in sorted(rows)] if list(rows) == list(range(len(rows))) else []
 
 
 def _published(preset: presets.Preset, name: str) -> str:

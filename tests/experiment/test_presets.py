@@ -116,3 +116,29 @@ def test_cli_runs_a_preset_with_overrides(tmp_path, monkeypatch, capsys):
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())
     assert recorded["config"]["benchmark"]["class_order"] == "shuffled"
     assert "FWT n/a" in capsys.readouterr().out
+
+
+def test_the_reproduction_script_tabulates_finished_cells(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "benchmarks" / "reproduce.py"
+    spec = importlib.util.spec_from_file_location("reproduce", path)
+    assert spec is not None
+    assert spec.loader is not None
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    preset = presets.load("vandeven2025-split-mnist")
+    overrides = [*FEW_STEPS, 'compare=["finetune", "ewc-batched"]']
+    config = resolve(overrides=overrides, base=preset.config)
+    run_experiment(config, tmp_path / "seed0", data=tiny_digits(), quiet=True)
+    results = reproduce.collect([tmp_path / "seed0"])
+    assert set(results) == {("finetune", "—"), ("ewc-batched", "1e+07")}
+    assert all(entry["seconds"] is not None for cells in results.values() for entry in cells)
+    (tmp_path / "seed0" / "summary.json").unlink()  # a run stopped after its cells finished
+    again = reproduce.collect([tmp_path / "seed0"])
+    assert [e["acc"] for e in again[("finetune", "—")]] == [
+        e["acc"] for e in results[("finetune", "—")]
+    ]
+    text = reproduce.table(preset, [tmp_path / "seed0"])
+    assert "| finetune | — | 85.41 ± 0.88 |" in text
