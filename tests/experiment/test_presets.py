@@ -98,7 +98,7 @@ def test_cli_lists_the_presets(capsys):
     assert main(["run", "--preset", "list"]) == 0
     out = capsys.readouterr().out
     for name in REQUIRED:
-        assert f"{name} (v1)" in out
+        assert f"{name} (v{presets.load(name).version})" in out
     assert out.count("source: ") == len(presets.names())
 
 
@@ -133,7 +133,7 @@ def test_the_reproduction_script_tabulates_finished_cells(tmp_path, capsys):
     config = resolve(overrides=overrides, base=preset.config)
     run_experiment(config, tmp_path / "seed0", data=tiny_digits(), quiet=True)
     results = reproduce.collect([tmp_path / "seed0"])
-    assert set(results) == {("finetune", "—"), ("ewc-batched", "1e+07")}
+    assert set(results) == {("finetune", "—"), ("ewc-batched", "1e+09")}
     assert all(entry["seconds"] is not None for cells in results.values() for entry in cells)
     (tmp_path / "seed0" / "summary.json").unlink()  # a run stopped after its cells finished
     again = reproduce.collect([tmp_path / "seed0"])
