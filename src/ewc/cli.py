@@ -48,6 +48,12 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     run.add_argument("--config", type=Path, help="a TOML config file (overrides apply on top)")
     run.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="a shipped protocol (see docs/reproduction.md) under --config and overrides; "
+        "'list' prints them",
+    )
+    run.add_argument(
         "--out", type=Path, help="the run directory (default: runs/<benchmark>-<time>)"
     )
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
@@ -379,6 +385,11 @@ def _run(args: argparse.Namespace) -> int:
     from ewc.experiment.team import DistributedError, process_group_from_environment
 
     run_dir = None
+    if args.preset == "list":
+        from ewc.experiment import presets
+
+        print(presets.listing())
+        return 0
     try:
         config, run_dir = _run_config_and_dir(args)
         if args.tensorboard:  # unhashed, so it also applies to a resumed run's recorded config
@@ -445,17 +456,27 @@ def _run_config_and_dir(args: argparse.Namespace) -> tuple[Any, Path]:
         overrides.append(f"compare={json.dumps(_compared(args.strategies))}")
     if args.device is not None:
         overrides.append(f"training.device={json.dumps(args.device)}")
+    base = _preset_config(args.preset)
     if args.resume is None:
-        config = resolve(args.config, overrides)
+        config = resolve(args.config, overrides, base)
         return config, args.out or _fresh_run_dir(config.benchmark.name)
     if args.out is not None:
         raise ValueError("--out and --resume exclude each other: --resume names the run directory")
     if RunDirectory(args.resume).is_unstarted():  # killed before config.json was complete
-        return resolve(args.config, overrides), args.resume
+        return resolve(args.config, overrides, base), args.resume
     recorded = RunDirectory.open(args.resume).read_config()["config"]
-    if args.config is not None or overrides:
-        return resolve(args.config, overrides), args.resume
+    if args.config is not None or overrides or base:
+        return resolve(args.config, overrides, base), args.resume
     return fill_stream_defaults(from_dict(recorded)), args.resume
+
+
+def _preset_config(name: str | None) -> dict[str, Any] | None:
+    """The config tables of the shipped preset ``name`` (None: no preset)."""
+    if name is None:
+        return None
+    from ewc.experiment import presets
+
+    return presets.load(name).config
 
 
 def _fresh_run_dir(benchmark: str) -> Path:

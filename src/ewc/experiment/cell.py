@@ -18,8 +18,10 @@ below it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
@@ -34,7 +36,7 @@ from ewc.experiment.config import Optimizer, RunConfig
 from ewc.experiment.evaluation import Evaluator
 from ewc.experiment.model_factory import build_factory_model
 from ewc.experiment.models import build_model
-from ewc.experiment.outcome import CellOutcome, Divergence
+from ewc.experiment.outcome import CellOutcome, CellTimings, Divergence
 from ewc.experiment.progress import Progress
 from ewc.experiment.schedules import task_lr_scheduler
 from ewc.experiment.storage.checkpoint import CheckpointStore
@@ -65,6 +67,12 @@ class Position:
     loss_sum: float = 0.0  # since the last train event
     penalty_sum: float = 0.0
     losses: int = 0
+    # Wall time (s) spent so far in training steps, in the strategy's consolidation after each
+    # task (the Fisher, for EWC) and in evaluation; saved with checkpoints, so a resumed cell
+    # keeps counting (the time since its last checkpoint is lost with the killed process).
+    train_s: float = 0.0
+    fisher_s: float = 0.0
+    eval_s: float = 0.0
 
 
 @dataclass
@@ -259,7 +267,7 @@ def _train_cell(parts: _Parts) -> CellOutcome:
     state, cell, events = parts.state, parts.log.cell, parts.log.log
     if not parts.checkpoints.restore(state, events):
         events.truncate(0)
-        state.position.rows.append(parts.evaluate(state.model))
+        state.position.rows.append(_evaluate(parts))
         parts.log.task_end(0, 0, state.position.rows[0])
         parts.checkpoints.save(state, parts.log.log)
     parts.progress.cell_started(cell, parts.stream.num_tasks)
@@ -274,40 +282,43 @@ def _train_cell(parts: _Parts) -> CellOutcome:
             parts.log.diverged(divergence)
             return CellOutcome(cell, divergence=divergence)
         _finish_task(parts)
-    return CellOutcome(cell, rows=state.position.rows)
+    return CellOutcome(cell, rows=state.position.rows, timings=_timings(state.position))
 
 
 def _train_task(parts: _Parts) -> None:
-    """Train the current task's remaining epochs and batches."""
-    state, training = parts.state, parts.config.training
-    batches = _batches(parts, state.position.task, training.batch_size, state.data_generator)
-    steps = training.epochs * len(batches)
+    """Train the current task's remaining steps: whole epochs, or ``training.steps`` steps."""
+    state, training, position = parts.state, parts.config.training, parts.state.position
+    batches = _batches(parts, position.task, training.batch_size, state.data_generator)
+    budget = task_budget(training.epochs, training.steps, batches, training.drop_last)
     state.scheduler = scheduler = task_lr_scheduler(
         state.optimizer,
         training.lr_schedule,
         training.lr,
-        steps,
+        budget.steps,
         warmup_steps=training.warmup_steps,
-        start=state.position.epoch * len(batches) + state.position.batch,
+        start=position.epoch * budget.per_epoch + position.batch,
         state=state.scheduler_state,
     )
     state.scheduler_state = None
-    parts.progress.task_started(parts.log.cell, state.position.task, steps, scheduler.last_epoch)
+    parts.progress.task_started(parts.log.cell, position.task, budget.steps, scheduler.last_epoch)
     state.model.train()
     device = next(state.model.parameters()).device
-    while state.position.epoch < training.epochs:
+    while position.epoch < budget.epochs:
         state.epoch_generator_state = state.data_generator.get_state()
         for index, (inputs, targets) in enumerate(batches):
-            if index >= state.position.batch:
+            if index >= budget.batches_in(position.epoch):
+                break
+            if index >= position.batch:
                 batch = Batch(index, inputs.to(device), targets.to(device))
-                _step(parts, scheduler, batch, len(batches))
-        state.position.epoch, state.position.batch = state.position.epoch + 1, 0
+                _step(parts, scheduler, batch, budget.per_epoch)
+        position.epoch, position.batch = position.epoch + 1, 0
 
 
 def _step(parts: _Parts, scheduler: LRScheduler, batch: Batch, num_batches: int) -> None:
     """One optimizer step, then the evaluation and checkpoint it is due for."""
     state, training = parts.state, parts.config.training
     position = state.position
+    started = time.perf_counter()
     loss = (parts.step or train_step)(
         state.model,
         batch,
@@ -316,6 +327,7 @@ def _step(parts: _Parts, scheduler: LRScheduler, batch: Batch, num_batches: int)
         output_fn=parts.stream.output_fn(position.task),
     )
     scheduler.step()
+    position.train_s += time.perf_counter() - started
     position.step, position.batch = position.step + 1, batch.index + 1
     position.loss_sum += loss.total
     position.penalty_sum += loss.penalty or 0.0
@@ -325,7 +337,7 @@ def _step(parts: _Parts, scheduler: LRScheduler, batch: Batch, num_batches: int)
     )
     if training.eval_every and position.step % training.eval_every == 0:
         parts.log.training(position)
-        row = parts.evaluate.curve(state.model)
+        row = _evaluate(parts, curve=True)
         parts.log.evaluation(position.step, position.task + 1, row, parts.evaluate.subset)
     if parts.checkpoints.due(position.step):
         parts.checkpoints.save(state, parts.log.log)
@@ -336,10 +348,13 @@ def _finish_task(parts: _Parts) -> None:
     state, config = parts.state, parts.config
     task, position = state.position.task, state.position
     parts.log.training(position)
-    row = parts.evaluate(state.model)
+    row = _evaluate(parts)
     position.rows.append(row)
     parts.log.task_end(position.step, task + 1, row)
-    for note in state.strategy.after_task(_context(parts, task)):
+    started = time.perf_counter()
+    notes = state.strategy.after_task(_context(parts, task))
+    position.fisher_s += time.perf_counter() - started
+    for note in notes:
         parts.log.note(position.step, note)
     position.task, position.epoch, position.batch = task + 1, 0, 0
     state.epoch_generator_state = state.data_generator.get_state()  # the next epoch starts here
@@ -349,6 +364,54 @@ def _finish_task(parts: _Parts) -> None:
     parts.checkpoints.save(state, parts.log.log)
 
 
+def _evaluate(parts: _Parts, curve: bool = False) -> list[float]:
+    """The accuracy on every task now (a curve point: on the subsets), timed into ``eval_s``."""
+    started = time.perf_counter()
+    model = parts.state.model
+    row = parts.evaluate.curve(model) if curve else parts.evaluate(model)
+    parts.state.position.eval_s += time.perf_counter() - started
+    return row
+
+
+def _timings(position: Position) -> CellTimings:
+    return CellTimings(position.train_s, position.fisher_s, position.eval_s)
+
+
+class TaskBudget(NamedTuple):
+    """How many steps a task trains, in how many passes over its data.
+
+    ``per_epoch`` batches make one pass (without the last, smaller one under ``drop_last``);
+    ``epochs`` passes are started, the last of them possibly cut short at ``steps``.
+    """
+
+    steps: int
+    per_epoch: int
+    epochs: int
+
+    def batches_in(self, epoch: int) -> int:
+        """The number of batches trained in 0-based pass ``epoch``."""
+        return min(self.per_epoch, self.steps - epoch * self.per_epoch)
+
+
+def task_budget(
+    epochs: int, steps: int | None, batches: TensorBatches, drop_last: bool = False
+) -> TaskBudget:
+    """The task's `TaskBudget`: ``steps`` optimizer steps if set, else ``epochs`` whole passes.
+
+    Raises:
+        ValueError: ``drop_last`` leaves no batch (fewer samples than one batch).
+    """
+    per_epoch = batches.num_samples // batches.batch_size if drop_last else len(batches)
+    if per_epoch == 0:
+        raise ValueError(
+            f"training.drop_last = true leaves no batch: the task has {batches.num_samples} "
+            f"training samples, fewer than training.batch_size = {batches.batch_size}; "
+            "use a smaller batch or drop_last = false"
+        )
+    total = epochs * per_epoch if steps is None else steps
+    return TaskBudget(total, per_epoch, -(-total // per_epoch))
+
+
 def _context(parts: _Parts, task: int) -> TaskContext:
     """What a strategy sees after ``task``: the model, the task's data, its own generator."""
     state, training = parts.state, parts.config.training
@@ -356,6 +419,7 @@ def _context(parts: _Parts, task: int) -> TaskContext:
         model=state.model,
         task=task,
         train_batches=_batches(parts, task, training.eval_batch_size, state.strategy_generator),
+        batches=functools.partial(_batches, parts, task, generator=state.strategy_generator),
         output_fn=parts.stream.output_fn(task),
         generator=state.strategy_generator,
         optimizer=training.optimizer,

@@ -53,6 +53,21 @@ class ConfigError(ValueError):
         return self if self.key is None else ConfigError(self.template, f"{prefix}.{self.key}")
 
 
+class ClassOrder(Choice):
+    """Which classes form which split task (``benchmark.class_order``).
+
+    ``natural``: (0, 1), (2, 3), … in label order. ``shuffled``: the labels are permuted by a
+    seeded draw per run seed before they are grouped, so every seed learns other pairs, as van de
+    Ven's code does for every seed but 0 (GMvandeVen/continual-learning, ``data/load.py``:
+    ``perm_class_list = np.random.permutation(...)`` unless ``exception``).
+    """
+
+    __noun__ = ("class order", "class orders")
+
+    NATURAL = "natural"
+    SHUFFLED = "shuffled"
+
+
 class Optimizer(Choice):
     """The optimizer that trains every task (``torch.optim.Adam`` or plain ``torch.optim.SGD``)."""
 
@@ -86,6 +101,8 @@ class BenchmarkConfig:
     scenario: Scenario | None = None  # None: the benchmark's default
     multi_head: bool | None = None  # one output head per task; None: True for task-IL
     classes_per_task: int = at_least(2, 2)  # split only
+    class_order: ClassOrder = ClassOrder.NATURAL  # split only: natural or shuffled per seed
+    pad: int = at_least(0, 0)  # zero pixels added on every side (2: 28×28 → 32×32)
     angles: list[float] | None = None  # rotated only; None: evenly spaced
     train_samples: int | None = at_least(1, None)  # at most this many training samples per task
     test_samples: int | None = at_least(1, None)  # at most this many test samples per task
@@ -108,7 +125,11 @@ class TrainingConfig:
     optimizer: Optimizer = Optimizer.ADAM
     lr: float = above(0.0, 1e-3)
     batch_size: int = at_least(1, 128)
-    epochs: int = at_least(1, 10)  # per task
+    epochs: int = at_least(1, 10)  # per task; ignored when steps is set
+    # Optimizer steps per task; when set it replaces epochs: the task's data are cycled in
+    # reshuffled passes until this many steps are taken (van de Ven's "iterations per task").
+    steps: int | None = at_least(1, None)
+    drop_last: bool = False  # skip each pass's last, smaller batch (as van de Ven's loader)
     eval_every: int = at_least(0, 50)  # steps between evaluations on every task (0: task ends)
     eval_batch_size: int = at_least(1, 1000)
     # test samples per task behind each curve point (a fixed seeded subset; 0: all of them);
@@ -170,9 +191,9 @@ UNHASHED_KEYS: dict[str, tuple[str, ...]] = {"training": ("eval_samples",)}
 
 #: Keys that configs recorded before they existed lack, and the value those runs used.
 UNHASHED_DEFAULTS: dict[str, dict[str, Any]] = {
-    "training": {"device": "cpu"},
-    "benchmark": {"factory": None},  # your own tasks and model (ewc.experiment.factories)
-    "model": {"factory": None},
+    "training": {"device": "cpu", "steps": None, "drop_last": False},
+    "benchmark": {"factory": None, "class_order": ClassOrder.NATURAL.value, "pad": 0},
+    "model": {"factory": None},  # your own tasks and model (ewc.experiment.factories)
 }
 
 
@@ -194,13 +215,10 @@ def _plain_dict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 #: run's seeds 0-4: 1.1-2.4 on seeds 0-3, 7.5 on seed 4; ACC 92.9-94.2%) while finetune still
 #: lost 26-46 points. A warm-up tames Adam's lag on a new task's larger gradients, but 300 steps
 #: of it halved finetune's forgetting and cost EWC about 1 point of ACC, so it is off.
-#: Permuted MNIST runs 5 tasks (the literature uses 10) so that the default `ewc run` finishes in
-#: under two minutes on two CPU cores.
+#: A permuted run has the stream's 10 tasks (`ewc.experiment.streams.benchmarks.DEFAULTS`, the
+#: literature's count); the quick start (`QUICKSTART`) keeps 5.
 BENCHMARK_DEFAULTS: dict[Benchmark, dict[str, Any]] = {
-    Benchmark.PERMUTED: {
-        "benchmark": {"num_tasks": 5},
-        "training": {"lr_schedule": LrSchedule.COSINE.value},
-    },
+    Benchmark.PERMUTED: {"training": {"lr_schedule": LrSchedule.COSINE.value}},
     Benchmark.SPLIT: {
         "training": {"epochs": 4},
         "strategies": {
@@ -214,6 +232,12 @@ BENCHMARK_DEFAULTS: dict[Benchmark, dict[str, Any]] = {
     Benchmark.ROTATED: {"training": {"lr_schedule": LrSchedule.COSINE.value}},
     Benchmark.CUSTOM: {},  # your own tasks (benchmark.factory): the dataclass defaults
 }
+
+#: What a config that names no benchmark (no ``benchmark.name`` in a preset, file or override)
+#: adds to the permuted defaults: the quick start that a bare `ewc run` trains, 5 permuted tasks,
+#: so that it finishes in under two minutes on two CPU cores. It resolves to the config (and
+#: hash) the default run always had; naming ``benchmark.name = "permuted"`` gives 10 tasks.
+QUICKSTART: dict[str, Any] = {"benchmark": {"num_tasks": 5}}
 
 #: The strategies every config defines (more can be added under new names with a ``type``).
 BASE_STRATEGIES: dict[str, dict[str, Any]] = {
@@ -250,14 +274,27 @@ def defaults_for(benchmark: Benchmark | str) -> dict[str, Any]:
     return merge(base, BENCHMARK_DEFAULTS[name])
 
 
-def resolve(file: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
-    """The config from benchmark defaults, then the TOML ``file``, then ``key=value`` overrides."""
-    from_file = load_toml(file) if file is not None else {}
-    from_overrides = parse_overrides(overrides)
-    name = _benchmark_name(from_overrides) or _benchmark_name(from_file)
-    name = name or _implied_benchmark([from_file, from_overrides])
-    merged = merge(merge(defaults_for(name), from_file), from_overrides)
-    _drop_unused_optional(merged, [from_file, from_overrides])
+def resolve(
+    file: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """The config from benchmark defaults, ``base``, the TOML ``file``, then the overrides.
+
+    ``base`` is a preset's config tables (`ewc.experiment.presets`): it sits between the
+    benchmark's defaults and the user's file and overrides.
+    """
+    given = [dict(base or {}), load_toml(file) if file is not None else {}]
+    given.append(parse_overrides(overrides))
+    named = next((n for n in map(_benchmark_name, reversed(given)) if n), None)
+    if named is None and _implied_benchmark(given) is Benchmark.CUSTOM:
+        named = Benchmark.CUSTOM.value
+    merged = defaults_for(named or Benchmark.PERMUTED)
+    if named is None:
+        merged = merge(merged, QUICKSTART)
+    for source in given:
+        merged = merge(merged, source)
+    _drop_unused_optional(merged, given)
     return fill_stream_defaults(from_dict(merged))
 
 
@@ -336,6 +373,11 @@ def _check_combinations(config: RunConfig) -> None:
             f"means telling the model the task); got benchmark.scenario = {b.scenario.value!r}"
         )
     _check_custom(b)
+    if b.class_order is not ClassOrder.NATURAL and b.name is not Benchmark.SPLIT:
+        raise ConfigError(
+            f"benchmark.class_order = {b.class_order.value!r} applies to the split benchmark "
+            f"only; got benchmark.name = {b.name.value!r} (leave class_order at 'natural')"
+        )
     if b.data_dir is not None and b.source not in (Source.DIR, Source.AUTO):
         raise ConfigError(
             f"benchmark.data_dir is set but benchmark.source = {b.source.value!r} does not read "

@@ -48,6 +48,21 @@ class Divergence:
 
 
 @dataclass(frozen=True)
+class CellTimings:
+    """Where a cell's wall time went, in seconds (`ewc.experiment.cell` measures it).
+
+    Attributes:
+        training: the optimizer steps (forward, backward, penalty, update, schedule).
+        fisher: the strategy's consolidation after each task (the Fisher, for EWC).
+        evaluation: the test accuracy on every task, at task ends and every ``eval_every`` steps.
+    """
+
+    training: float
+    fisher: float
+    evaluation: float
+
+
+@dataclass(frozen=True)
 class CellOutcome:
     """A cell's result: its accuracy matrix, or where it diverged.
 
@@ -58,6 +73,7 @@ class CellOutcome:
     cell: Cell
     rows: list[list[float]] | None = None
     divergence: Divergence | None = None
+    timings: CellTimings | None = None  # None for a cell read back from its diverged.json
 
     def __post_init__(self) -> None:
         """Check that exactly one of ``rows`` and ``divergence`` is set."""

@@ -34,6 +34,7 @@ from ewc.experiment.storage.rundir import Cell, RunDirectory, RunDirectoryError
 from ewc.experiment.strategies import BUILTIN_STRATEGIES, StrategyFactory, build_strategy
 from ewc.experiment.streams.benchmarks import DEFAULTS, TaskStream, build_stream
 from ewc.experiment.streams.factory import CustomTasks, stream_fingerprint
+from ewc.experiment.streams.protocol import order_classes, pad_images
 from ewc.experiment.summary import Summary, summarize
 from ewc.experiment.team import ALONE, Team, open_on_main
 from ewc.experiment.tensorboard import export_run, require_writer
@@ -153,7 +154,7 @@ def stream_for(config: RunConfig, data: ImageDataset | CustomTasks, seed: int) -
         )
     return build_stream(
         b.name,
-        data,
+        pad_images(order_classes(data, b.class_order.value, seed), b.pad),
         num_tasks=b.num_tasks,
         scenario=b.scenario,
         multi_head=b.multi_head,

@@ -42,6 +42,9 @@ class TaskContext:
     generator: torch.Generator  # for any sampling the strategy does
     optimizer: Optimizer
     lr: float
+    # The same data in shuffled batches of a chosen size, drawn with ``generator`` (None: only
+    # ``train_batches`` is available, in batches of ``training.eval_batch_size``).
+    batches: Callable[[int], Iterable[Any]] | None = None
 
 
 class Strategy(Protocol):
@@ -97,6 +100,10 @@ class EWCSettings:
     strength: float = at_least(0.0, 200.0)  # λ; the penalty is (λ/2) Σ F (θ − θ*)²
     fisher: FisherKind = FisherKind.EXACT
     fisher_samples: int | None = at_least(1, None)  # inputs for the Fisher; None: the whole task
+    # The Fisher's batch size: B of fisher = "batched" (default `BATCHED_FISHER_BATCH_SIZE`);
+    # for the per-sample kinds only a chunk size (speed and rounding), by default the
+    # evaluation batch size. Never the evaluation batch size for "batched".
+    fisher_batch_size: int | None = at_least(1, None)
     samples_per_input: int = at_least(1, 1)  # labels drawn per input for fisher = "sample"
     gamma: float = above(0.0, 1.0)  # online decay γ ∈ (0, 1]; only for online-ewc
 
@@ -134,7 +141,7 @@ class PenaltyStrategy:
         s = self.settings
         return self._estimator(
             context.model,
-            context.train_batches,
+            fisher_batches(s, context),
             s.fisher,
             num_samples=s.fisher_samples,
             samples_per_input=s.samples_per_input,
@@ -149,6 +156,35 @@ class PenaltyStrategy:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the penalty from a `state_dict()`."""
         self._penalty.load_state_dict(state)
+
+
+BATCHED_FISHER_BATCH_SIZE = 128
+"""B of the ``batched`` Fisher when ``fisher_batch_size`` is unset: van de Ven 2025's BATCHED
+(b = 128, the training batch of its split-MNIST protocol). λ of ``batched`` scales with about B
+(each squared batch-mean gradient is ≈ 1/B of the per-sample mean), so B is fixed here rather than
+taken from another setting; a λ tuned for one B does not carry to another."""
+
+
+def fisher_batches(settings: EWCSettings, context: TaskContext) -> Iterable[Any]:
+    """The task's data in the batches the Fisher is estimated on.
+
+    ``fisher_batch_size`` when set; else `BATCHED_FISHER_BATCH_SIZE` for ``batched`` and the
+    context's ``train_batches`` (the evaluation batch size, a chunk size only) for the others.
+
+    Raises:
+        ValueError: a batch size is needed but the context cannot re-batch its data.
+    """
+    size = settings.fisher_batch_size
+    if size is None and settings.fisher is FisherKind.BATCHED:
+        size = BATCHED_FISHER_BATCH_SIZE
+    if size is None:
+        return context.train_batches
+    if context.batches is None:
+        raise ValueError(
+            f"fisher_batch_size = {size} needs a TaskContext with batches=, a function from a "
+            "batch size to the task's batches; this context has none"
+        )
+    return context.batches(size)
 
 
 def _sgd_stability_notes(penalty: QuadraticPenalty, context: TaskContext) -> list[str]:

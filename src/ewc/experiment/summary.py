@@ -16,9 +16,10 @@ from typing import Any
 from ewc._atomic import write_json_atomic
 from ewc.experiment import metrics
 from ewc.experiment.metrics import METRICS
-from ewc.experiment.outcome import CellOutcome
+from ewc.experiment.outcome import CellOutcome, CellTimings
 
 MISSING = "—"
+NOT_APPLICABLE = "n/a"
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class Summary:
     matrices: dict[str, list[list[float]]]  # name → seed-mean accuracy matrix
     incomplete: dict[str, str]  # "seed0-ewc" → why it has no complete matrix
     diverged: dict[str, dict[str, Any]] = field(default_factory=dict)  # key → Divergence JSON
+    # name → {"training", "fisher", "evaluation"}: seconds per seed (mean over the seeds measured)
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
+    not_applicable: dict[str, str] = field(default_factory=dict)  # metric → why it has no meaning
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``summary.json``."""
@@ -43,6 +47,8 @@ class Summary:
             "matrices": self.matrices,
             "incomplete": self.incomplete,
             "diverged": self.diverged,
+            "timings_s": self.timings,
+            "not_applicable": self.not_applicable,
         }
 
     def write(self, path: Path) -> None:
@@ -58,14 +64,21 @@ class Summary:
         )
         lines = [header, "-" * len(header)]
         for name, values in self.strategies.items():
-            cells = "".join(
-                f"{mean_sem_text(values[m]['mean'], values[m]['sem']):>16s}" for m in METRICS
-            )
+            cells = "".join(f"{self._cell_text(values, m):>16s}" for m in METRICS)
             final = " ".join(f"{100 * a:5.1f}" for a in self.matrices[name][-1])
             lines.append(f"{name:14s}{cells}   {final}")
         for key, why in self.incomplete.items():
             lines.append(f"{key}: incomplete ({why})")
+        for metric, why in self.not_applicable.items():
+            lines.append(f"{metric} n/a: {why}")
+        for name, spent in self.timings.items():
+            lines.append(f"{name}: {timings_text(spent)} per seed")
         return "\n".join(lines)
+
+    def _cell_text(self, values: dict[str, Any], metric: str) -> str:
+        if metric in self.not_applicable:
+            return NOT_APPLICABLE
+        return mean_sem_text(values[metric]["mean"], values[metric]["sem"])
 
 
 def summarize(
@@ -86,7 +99,58 @@ def summarize(
     for o in complete:
         reasons.pop(o.cell.key)
     diverged = {o.cell.key: o.divergence.to_json() for o in outcomes if o.divergence is not None}
-    return Summary(scenario, benchmark, wall_time_s, per_strategy, means, reasons, diverged)
+    return Summary(
+        scenario,
+        benchmark,
+        wall_time_s,
+        per_strategy,
+        means,
+        reasons,
+        diverged,
+        timings=_timings(outcomes),
+        not_applicable=not_applicable(scenario),
+    )
+
+
+FWT_TASK_IL = (
+    "task-incremental: task j's outputs (its own head, or its columns of the shared layer) are "
+    "trained only from task j on, so R[j−1, j] − b_j measures an untrained output layer, not "
+    "transfer"
+)
+"""Why FWT is not reported for task-incremental runs (summary.json's ``not_applicable``)."""
+
+
+def not_applicable(scenario: str) -> dict[str, str]:
+    """Metric → why it has no meaning in ``scenario`` (only FWT in task-IL)."""
+    return {"FWT": FWT_TASK_IL} if scenario == "task" else {}
+
+
+def _timings(outcomes: Sequence[CellOutcome]) -> dict[str, dict[str, float]]:
+    """Per strategy, the mean over its measured cells of the seconds spent in each part."""
+    spent: dict[str, list[CellTimings]] = {}
+    for o in outcomes:
+        if o.timings is not None:
+            spent.setdefault(o.cell.strategy, []).append(o.timings)
+    return {
+        name: {
+            part: sum(getattr(t, part) for t in values) / len(values)
+            for part in ("training", "fisher", "evaluation")
+        }
+        for name, values in spent.items()
+    }
+
+
+def timings_text(spent: dict[str, float]) -> str:
+    """``training 41.2 s, Fisher 1.3 s, evaluation 0.8 s``."""
+    return ", ".join(
+        f"{label} {spent[part]:.1f} s"
+        for part, label in (
+            ("training", "training"),
+            ("fisher", "Fisher"),
+            ("evaluation", "evaluation"),
+        )
+        if isinstance(spent.get(part), (int, float))
+    )
 
 
 def mean_sem_text(mean: float | None, sem: float | None, digits: int = 2) -> str:

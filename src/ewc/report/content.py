@@ -180,17 +180,45 @@ def _metrics_section(run: Run) -> list[Block]:
         blocks.append(Paragraph(("No metrics yet: summary.json is written when the run ends.",)))
         return blocks
     metrics = section(run.summary, "strategies")
+    absent = section(run.summary, "not_applicable")
     rows = []
     for strategy in run.strategies:
         values = section(metrics, strategy)
         seeds = _seed_count(values)
-        rows.append((strategy, *(metric_text(values.get(m)) for m in METRICS), seeds))
+        cells = ("n/a" if m in absent else metric_text(values.get(m)) for m in METRICS)
+        rows.append((strategy, *cells, seeds))
     caption = (
         "After the last task, in %: mean ± standard error of the mean over seeds (no ± with one "
         "seed), from summary.json. Higher is better for ACC, BWT and FWT, lower for forgetting; "
-        "definitions under Conventions.",
+        "definitions under Conventions."
+        + "".join(f" {metric} n/a: {why}." for metric, why in absent.items()),
     )
-    return [*blocks, Table(("Strategy", *METRICS, "Seeds"), tuple(rows), caption)]
+    table = Table(("Strategy", *METRICS, "Seeds"), tuple(rows), caption)
+    return [*blocks, table, *_timings_table(run)]
+
+
+def _timings_table(run: Run) -> list[Block]:
+    """Seconds per seed in training, the Fisher (consolidation) and evaluation, if recorded."""
+    spent = section(run.summary, "timings_s")
+    parts = ("training", "fisher", "evaluation")
+    rows = tuple(
+        (strategy, *(_seconds(section(spent, strategy).get(part)) for part in parts))
+        for strategy in run.strategies
+        if strategy in spent
+    )
+    if not rows:
+        return []
+    caption = (
+        "Wall time per seed in seconds (mean over seeds), from summary.json: the optimizer "
+        "steps, the strategy's consolidation after each task (the Fisher, for EWC), and the "
+        "evaluations on every task.",
+    )
+    return [Table(("Strategy", "Training (s)", "Fisher (s)", "Evaluation (s)"), rows, caption)]
+
+
+def _seconds(value: Any) -> str:
+    number_ = finite(value)
+    return MISSING if number_ is None else f"{number_:,.1f}"
 
 
 def _seed_count(values: Mapping[str, Any]) -> str:

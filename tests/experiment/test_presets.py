@@ -1,0 +1,144 @@
+"""The shipped presets: listed, loadable, and each one runs for a few steps as an ordinary run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ewc.cli import main
+from ewc.data import ImageDataset
+from ewc.experiment import presets
+from ewc.experiment.config import ConfigError, resolve
+from ewc.experiment.runner import run_experiment
+
+REQUIRED = {
+    "vandeven2025-split-mnist",
+    "vandeven2019-permuted-mnist",
+    "vandeven2019-split-mnist-task",
+    "vandeven2019-split-mnist-domain",
+    "vandeven2019-split-mnist-class",
+    "hsu2018-split-mnist",
+}
+
+#: A few steps on tiny data: what CI can afford for every preset.
+FEW_STEPS = [
+    "training.steps=2",
+    "training.batch_size=16",
+    "training.threads=1",
+    "model.hidden=[16]",
+    "seeds=[0]",
+    "checkpoint_every=0",
+]
+
+
+def tiny_digits() -> ImageDataset:
+    gen = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randint(0, 255, (n, 28, 28), generator=gen, dtype=torch.uint8), (
+            torch.arange(n) % 10
+        )
+
+    (xs, ys), (xt, yt) = split(400), split(100)
+    classes = tuple(str(c) for c in range(10))
+    return ImageDataset("mnist", xs, ys, xt, yt, classes, "random pixels (tests)", True)
+
+
+def test_every_required_preset_ships_with_a_source_and_a_version():
+    assert set(presets.names()) >= REQUIRED
+    for name in presets.names():
+        preset = presets.load(name)
+        assert preset.version >= 1
+        assert preset.source
+        assert preset.summary
+        assert set(preset.published) <= set(preset.config["compare"])
+
+
+def test_the_2025_preset_holds_every_fisher_variant_of_the_blog_with_its_grid():
+    preset = presets.load("vandeven2025-split-mnist")
+    strategies = preset.config["strategies"]
+    kinds = {strategies[name]["fisher"] for name in preset.config["compare"] if name != "finetune"}
+    assert kinds == {"exact", "sample", "empirical", "batched"}
+    assert strategies["ewc-exact-500"]["fisher_samples"] == 500
+    assert strategies["ewc-batched"]["fisher_batch_size"] == 128
+    assert all(len(preset.grid[name]) == 14 for name in preset.config["compare"][1:])
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_each_preset_runs_a_few_steps_as_an_ordinary_run(tmp_path, name):
+    preset = presets.load(name)
+    config = resolve(overrides=FEW_STEPS, base=preset.config)
+    assert config.training.steps == 2
+    assert config.compare == preset.config["compare"]
+    result = run_experiment(config, tmp_path / "run", data=tiny_digits(), quiet=True)
+    assert len(result.matrices) == len(config.compare)
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    for table in ("benchmark", "training"):
+        for key, value in preset.config.get(table, {}).items():
+            if f"{table}.{key}=" not in " ".join(FEW_STEPS):
+                assert recorded[table][key] == value, f"{table}.{key}"
+
+
+def test_a_preset_sits_below_overrides():
+    base = presets.load("vandeven2025-split-mnist").config
+    config = resolve(overrides=["training.lr=0.01", "strategies.ewc-exact.strength=3"], base=base)
+    assert config.training.lr == 0.01
+    assert config.training.steps == 2000
+    assert config.strategies["ewc-exact"]["strength"] == 3
+
+
+def test_an_unknown_preset_names_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; the presets are hsu2018"):
+        presets.load("nope")
+
+
+def test_cli_lists_the_presets(capsys):
+    assert main(["run", "--preset", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in REQUIRED:
+        assert f"{name} (v{presets.load(name).version})" in out
+    assert out.count("source: ") == len(presets.names())
+
+
+def test_cli_refuses_an_unknown_preset_in_one_line(capsys):
+    assert main(["run", "--preset", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ewc run: unknown preset 'nope'")
+
+
+def test_cli_runs_a_preset_with_overrides(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EWC_CACHE", str(tmp_path / "cache"))  # no downloaded MNIST: the subset
+    args = ["run", "--preset", "vandeven2025-split-mnist", *FEW_STEPS, "--quiet", "--no-report"]
+    args += ["benchmark.train_samples=40", "benchmark.test_samples=20", "--strategies=finetune"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["config"]["benchmark"]["class_order"] == "shuffled"
+    assert "FWT n/a" in capsys.readouterr().out
+
+
+def test_the_reproduction_script_tabulates_finished_cells(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "benchmarks" / "reproduce.py"
+    spec = importlib.util.spec_from_file_location("reproduce", path)
+    assert spec is not None
+    assert spec.loader is not None
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    preset = presets.load("vandeven2025-split-mnist")
+    overrides = [*FEW_STEPS, 'compare=["finetune", "ewc-batched"]']
+    config = resolve(overrides=overrides, base=preset.config)
+    run_experiment(config, tmp_path / "seed0", data=tiny_digits(), quiet=True)
+    results = reproduce.collect([tmp_path / "seed0"])
+    assert set(results) == {("finetune", "—"), ("ewc-batched", "1e+09")}
+    assert all(entry["seconds"] is not None for cells in results.values() for entry in cells)
+    (tmp_path / "seed0" / "summary.json").unlink()  # a run stopped after its cells finished
+    again = reproduce.collect([tmp_path / "seed0"])
+    assert [e["acc"] for e in again[("finetune", "—")]] == [
+        e["acc"] for e in results[("finetune", "—")]
+    ]
+    text = reproduce.table(preset, [tmp_path / "seed0"])
+    assert "| finetune | — | 85.41 ± 0.88 |" in text

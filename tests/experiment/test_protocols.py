@@ -1,0 +1,296 @@
+"""The protocol knobs of published runs: step budgets, drop_last, class order, padding, the
+batched Fisher's batch size, wall times and FWT's n/a in task-IL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ewc.data import ImageDataset
+from ewc.experiment.cell import task_budget
+from ewc.experiment.config import ConfigError, resolve
+from ewc.experiment.progress import Progress
+from ewc.experiment.runner import run_experiment
+from ewc.experiment.strategies import (
+    BATCHED_FISHER_BATCH_SIZE,
+    EWCSettings,
+    TaskContext,
+    fisher_batches,
+)
+from ewc.experiment.streams.loaders import TensorBatches
+from ewc.experiment.streams.protocol import class_permutation, order_classes, pad_images
+from ewc.experiment.summary import FWT_TASK_IL, not_applicable
+from ewc.fisher import FisherKind
+
+
+def learnable_digits(train: int = 160, test: int = 40) -> ImageDataset:
+    """Noise images with a bright 4×4 block at a position that encodes the class (0..9)."""
+    gen = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(n) % 10
+        images = torch.randint(0, 60, (n, 28, 28), generator=gen, dtype=torch.uint8)
+        for i, label in enumerate(labels.tolist()):
+            row, col = 4 + 8 * (label // 4), 2 + 6 * (label % 4)
+            images[i, row : row + 4, col : col + 4] = 255
+        return images, labels
+
+    (xs, ys), (xt, yt) = split(train), split(test)
+    classes = tuple(str(c) for c in range(10))
+    return ImageDataset("mnist", xs, ys, xt, yt, classes, "synthetic blocks (tests)", True)
+
+
+TINY = [
+    "benchmark.num_tasks=2",
+    "training.epochs=2",
+    "training.batch_size=16",
+    "training.eval_every=4",
+    "training.eval_batch_size=32",
+    "training.threads=1",
+    "training.lr_schedule=constant",
+    "checkpoint_every=3",
+    "model.hidden=[32]",
+]
+
+
+def tiny_config(*extra: str):
+    return resolve(overrides=[*TINY, *extra])
+
+
+def events(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+class StopAfter(Progress):
+    """Interrupts the run after a given number of optimizer steps, like a kill would."""
+
+    def __init__(self, steps: int):
+        self.left = steps
+
+    def step(self, *args) -> None:
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt
+
+
+def _batches(n: int, size: int) -> TensorBatches:
+    return TensorBatches(torch.zeros(n, 1), torch.zeros(n, dtype=torch.long), batch_size=size)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "steps", "n", "size", "drop_last", "expected"),
+    [
+        (3, None, 100, 32, False, (12, 4, 3)),  # whole epochs: 4 batches a pass
+        (3, None, 100, 32, True, (9, 3, 3)),  # the 4-sample batch is dropped
+        (3, 10, 100, 32, False, (10, 4, 3)),  # steps replace epochs; the 3rd pass is cut at 2
+        (1, 7, 100, 32, True, (7, 3, 3)),
+        (9, 2, 100, 32, False, (2, 4, 1)),  # fewer steps than one pass
+    ],
+)
+def test_the_task_budget(epochs, steps, n, size, drop_last, expected):
+    budget = task_budget(epochs, steps, _batches(n, size), drop_last)
+    assert tuple(budget) == expected
+    assert sum(budget.batches_in(e) for e in range(budget.epochs)) == budget.steps
+
+
+def test_drop_last_without_a_full_batch_is_an_error_that_names_the_keys():
+    with pytest.raises(ValueError, match=r"training\.drop_last = true leaves no batch"):
+        task_budget(1, None, _batches(10, 32), drop_last=True)
+
+
+def _task_end_steps(run_dir) -> list[int]:
+    return [e["step"] for e in events(run_dir) if e["event"] == "task_end"]
+
+
+def test_steps_replace_epochs_and_cycle_the_data(tmp_path):
+    # 160 samples in batches of 16: 10 a pass; 23 steps take 3 passes, the last cut at 3.
+    config = tiny_config("training.steps=23", 'compare=["finetune"]')
+    run_experiment(config, tmp_path / "run", data=learnable_digits())
+    assert _task_end_steps(tmp_path / "run") == [0, 23, 46]
+    dropped = tiny_config(
+        "training.steps=5",
+        "training.batch_size=50",
+        "training.drop_last=true",
+        'compare=["finetune"]',
+    )
+    run_experiment(dropped, tmp_path / "d", data=learnable_digits())
+    assert _task_end_steps(tmp_path / "d") == [0, 5, 10]
+
+
+@pytest.mark.parametrize("stop", [4, 11, 23, 30])
+def test_a_step_budget_run_resumes_bitwise(tmp_path, stop):
+    data = learnable_digits()
+    config = tiny_config(
+        "training.steps=23", "training.drop_last=true", "training.batch_size=24", 'compare=["ewc"]'
+    )
+    reference = run_experiment(config, tmp_path / "whole", data=data)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, tmp_path / "cut", data=data, progress=StopAfter(stop))
+    resumed = run_experiment(config, tmp_path / "cut", resume=True, data=data)
+    assert resumed.matrices == reference.matrices
+
+
+def test_the_cosine_follows_the_step_budget(tmp_path, monkeypatch):
+    rates: list[float] = []
+    import ewc.experiment.cell as cell
+
+    original = cell.train_step
+
+    def recording(model, batch, optimizer, **kwargs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        return original(model, batch, optimizer, **kwargs)
+
+    monkeypatch.setattr(cell, "train_step", recording)
+    config = tiny_config("training.steps=7", "training.lr_schedule=cosine", 'compare=["finetune"]')
+    run_experiment(config, tmp_path / "run", data=learnable_digits())
+    assert len(rates) == 14
+    assert rates[0] == pytest.approx(1e-3)
+    assert rates[7] == pytest.approx(1e-3)
+    assert rates[6] == pytest.approx(1e-3 * 0.5 * (1 + torch.cos(torch.tensor(6 / 7 * 3.14159265))))
+
+
+def test_new_keys_at_their_defaults_leave_the_hash_unchanged():
+    plain = resolve().hash()
+    explicit = resolve(
+        overrides=[
+            "training.drop_last=false",
+            'benchmark.class_order="natural"',
+            "benchmark.pad=0",
+        ]
+    ).hash()
+    assert explicit == plain
+    assert resolve(overrides=["training.steps=100"]).hash() != plain
+
+
+def test_class_order_shuffles_labels_and_names_alike():
+    data = learnable_digits()
+    assert order_classes(data, "natural", 3) is data
+    perm = class_permutation(10, 3)
+    shuffled = order_classes(data, "shuffled", 3)
+    assert torch.equal(shuffled.train_labels, perm[data.train_labels])
+    assert all(shuffled.classes[perm[c]] == data.classes[c] for c in range(10))
+    assert not torch.equal(class_permutation(10, 4), perm)
+    with pytest.raises(ConfigError, match=r"class_order = 'shuffled' applies to the split"):
+        resolve(overrides=['benchmark.class_order="shuffled"'])
+
+
+def test_a_shuffled_split_run_names_the_original_classes(tmp_path):
+    config = tiny_config(
+        "benchmark.name=split", 'benchmark.class_order="shuffled"', 'compare=["finetune"]'
+    )
+    run_experiment(config, tmp_path / "run", data=learnable_digits())
+    tasks = json.loads((tmp_path / "run" / "config.json").read_text())["tasks"]
+    perm = class_permutation(10, 0).tolist()  # perm[c] = the new label of digit c
+    assert tasks[0] == f"classes 0/1 ({perm.index(0)}, {perm.index(1)})"
+
+
+def test_padding_widens_the_images_and_the_model(tmp_path):
+    data = learnable_digits()
+    padded = pad_images(data, 2)
+    assert padded.train_images.shape[1:] == (32, 32)
+    assert torch.equal(padded.train_images[:, 2:30, 2:30], data.train_images)
+    assert padded.train_images[:, :2].sum() == 0
+    result = run_experiment(
+        tiny_config("benchmark.pad=2", 'compare=["finetune"]'), tmp_path / "run", data=data
+    )
+    assert result.matrices
+
+
+class _Context:
+    """What `fisher_batches` reads of a TaskContext."""
+
+    def __init__(self) -> None:
+        self.train_batches = "the evaluation-size batches"
+        self.asked: list[int] = []
+
+    def batches(self, size: int) -> str:
+        self.asked.append(size)
+        return f"batches of {size}"
+
+
+@pytest.mark.parametrize(
+    ("kind", "size", "expected"),
+    [
+        ("batched", None, f"batches of {BATCHED_FISHER_BATCH_SIZE}"),
+        ("batched", 32, "batches of 32"),
+        ("exact", None, "the evaluation-size batches"),
+        ("empirical", 7, "batches of 7"),
+    ],
+)
+def test_the_fisher_batch_size_is_never_the_evaluation_batch_size(kind, size, expected):
+    settings = EWCSettings(fisher=FisherKind.parse(kind), fisher_batch_size=size)
+    assert fisher_batches(settings, _Context()) == expected  # type: ignore[arg-type]
+
+
+def test_a_context_without_rebatching_is_refused_for_the_batched_fisher():
+    context = TaskContext(None, 0, [], None, torch.Generator(), "adam", 1e-3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="fisher_batch_size = 128 needs a TaskContext"):
+        fisher_batches(EWCSettings(fisher=FisherKind.BATCHED), context)
+
+
+def test_batched_fisher_batch_size_changes_the_result_but_eval_batch_size_does_not(tmp_path):
+    data = learnable_digits()
+    common = ['strategies.ewc.fisher="batched"', "strategies.ewc.strength=1e4", 'compare=["ewc"]']
+    runs = {
+        name: run_experiment(tiny_config(*common, *extra), tmp_path / name, data=data).matrices
+        for name, extra in {
+            "base": [],
+            "eval": ["training.eval_batch_size=16"],
+            "fisher": ["strategies.ewc.fisher_batch_size=8"],
+        }.items()
+    }
+    assert list(runs["base"].values()) == list(runs["eval"].values())
+    assert list(runs["base"].values()) != list(runs["fisher"].values())
+
+
+def test_summary_holds_wall_times_and_marks_fwt_of_task_il(tmp_path):
+    config = tiny_config("benchmark.name=split", 'compare=["finetune", "ewc"]')
+    run_experiment(config, tmp_path / "run", data=learnable_digits())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["not_applicable"] == {"FWT": FWT_TASK_IL}
+    for name in ("finetune", "ewc"):
+        spent = summary["timings_s"][name]
+        assert set(spent) == {"training", "fisher", "evaluation"}
+        assert spent["training"] > 0
+        assert spent["evaluation"] > 0
+    assert summary["timings_s"]["ewc"]["fisher"] > 0
+    assert not_applicable("domain") == {}
+    assert not_applicable("class") == {}
+
+
+def test_the_report_shows_fwt_as_not_applicable_and_the_wall_times(tmp_path):
+    from ewc.report import write_report
+
+    config = tiny_config("benchmark.name=split", 'compare=["ewc"]')
+    run_experiment(config, tmp_path / "run", data=learnable_digits())
+    write_report(tmp_path / "run")
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "| ewc |" in text
+    assert "| n/a |" in text
+    assert "FWT n/a: task-incremental" in text
+    assert "Fisher (s)" in text
+
+
+def test_permuted_runs_have_ten_tasks_but_the_quick_start_keeps_five():
+    from ewc.experiment.streams.benchmarks import DEFAULTS, Benchmark
+
+    assert DEFAULTS[Benchmark.PERMUTED].num_tasks == 10
+    assert resolve().benchmark.num_tasks == 5  # the quick start, a bare `ewc run`: unchanged
+    assert resolve(overrides=["training.epochs=1"]).benchmark.num_tasks == 5
+    named = resolve(overrides=["benchmark.name=permuted"])
+    assert named.benchmark.num_tasks is None  # the stream's default: 10 tasks
+    assert (
+        resolve(overrides=["benchmark.name=permuted", "benchmark.num_tasks=3"]).benchmark.num_tasks
+        == 3
+    )
+
+
+def test_a_named_permuted_benchmark_builds_ten_tasks(tmp_path):
+    config = tiny_config("benchmark.name=permuted", "benchmark.num_tasks=2")
+    assert config.benchmark.num_tasks == 2
+    from ewc.experiment.runner import stream_for
+
+    stream = stream_for(resolve(overrides=["benchmark.name=permuted"]), learnable_digits(), 0)
+    assert stream.num_tasks == 10
