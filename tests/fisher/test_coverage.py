@@ -124,7 +124,7 @@ def test_the_numeric_tolerance_is_set_for_every_floating_dtype():
     assert set(verify.TOLERANCE) == {torch.float64, torch.float32, torch.float16, torch.bfloat16}
 
 
-def test_a_new_batch_shape_is_checked_again(monkeypatch):
+def test_a_new_shape_is_checked_again_but_not_a_smaller_last_batch(monkeypatch):
     checked = []
     original = verify.check_plan
 
@@ -134,7 +134,8 @@ def test_a_new_batch_shape_is_checked_again(monkeypatch):
 
     monkeypatch.setattr("ewc.fisher.estimator.check_plan", spy)
     case = build(encoder, seed=1)
-    data = [(case.inputs[:2], case.targets[:2]), (case.inputs[2:4], case.targets[2:4])]
-    data.append((case.inputs[4:], case.targets[4:]))
+    data = [(case.inputs[:3], case.targets[:3]), (case.inputs[3:], case.targets[3:])]
+    data.append((case.inputs[:2, :4], case.targets[:2]))  # a shorter sequence
     ewc.diagonal_fisher(case.model, data, "empirical")
-    assert [tuple(s) for s in checked] == [(2, 3), (1, 3)]
+    assert [tuple(s) for s in checked] == [(3, 3), (2, 3)]
+    assert data[1][0].shape[0] == 2  # the smaller last batch

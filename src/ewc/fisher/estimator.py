@@ -272,12 +272,20 @@ def _per_sample_sums(
 def _shapes(calls: list[ModuleCall], batch: Batch) -> tuple:
     """What the numeric check depends on besides values: the shapes of every recorded call.
 
-    Whether a call's argument holds one row per sample is read from its first dimension; a new
-    combination of shapes (a last, smaller batch; another sequence length) is checked again.
+    A call's argument counts as one row per sample when its first dimension is the batch size
+    (`ModuleCall.is_batched`), so that dimension is written as ``"N"``: a last, smaller batch
+    with the same calls is not checked again, while any shape whose reading could change with
+    the batch size (a first dimension that equals one batch size and not another) makes a new
+    key and is checked again, as is another sequence length or another set of calls.
     """
+    size = batch.size
+
+    def key(shape: torch.Size) -> tuple:
+        return ("N", *shape[1:]) if len(shape) and shape[0] == size else tuple(shape)
+
     return (
-        tuple(batch.inputs.shape),
-        tuple((call.name, *(tuple(a.shape) for a in call.tensor_arguments())) for call in calls),
+        key(batch.inputs.shape),
+        tuple((call.name, *(key(a.shape) for a in call.tensor_arguments())) for call in calls),
     )
 
 
