@@ -85,9 +85,10 @@ class EWCCallback(pl.Callback):
         """Refuse a set-up in which the Fisher would silently differ between processes."""
         if trainer.world_size > 1 and self.fisher_data is None:
             raise ValueError(
-                f"with {trainer.world_size} processes each would compute the Fisher on its own "
-                "shard of the train dataloader; pass fisher_data= (the same batches on every "
-                "process)"
+                f"with {trainer.world_size} processes the Fisher would be all-reduced over the "
+                "train dataloader's shards, which Lightning's DistributedSampler pads with "
+                "repeated samples; pass fisher_data= (the same batches on every process, or an "
+                "exact shard of the data from ewc.shard on each)"
             )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
