@@ -387,8 +387,8 @@ def _accumulate_batch(
     with recorder.paused(), torch.no_grad():
         for i, names in own.items():
             if not partials[i].is_empty:
-                totals = {local: sums[full] for local, full in names.items()}
-                rule_for(calls[i].module).finalize_into(calls[i], partials[i], list(names), totals)
+                finished = rule_for(calls[i].module).finalize(calls[i], partials[i], list(names))
+                _add_into(sums, {names[local]: value for local, value in finished.items()})
 
 
 def owner_plan(calls: list[ModuleCall], params: dict[str, nn.Parameter]) -> Plan:

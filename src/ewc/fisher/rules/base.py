@@ -105,13 +105,6 @@ class Rule:
         """Turn the accumulated ``partial`` into {name: Σ_n (per-sample gradient)²}."""
         return partial.squares
 
-    def finalize_into(
-        self, call: ModuleCall, partial: Partial, names: Sequence[str], totals: dict[str, Tensor]
-    ) -> None:
-        """Add `finalize`'s squares into ``totals`` ({local name: running sum}) in place."""
-        for name, value in self.finalize(call, partial, names).items():
-            totals[name].add_(value)
-
 
 def sum_except(tensor: Tensor, keep_last: int) -> Tensor:
     """Sum over every dimension between the batch dimension and the last ``keep_last`` ones."""

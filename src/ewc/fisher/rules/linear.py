@@ -81,15 +81,3 @@ class LinearRule(Rule):
         if "bias" in names:
             out["bias"] = g2.sum(0)
         return out
-
-    def finalize_into(
-        self, call: ModuleCall, partial: Partial, names: Sequence[str], totals: dict[str, Tensor]
-    ) -> None:
-        """`finalize` fused into the running sums: one ``addmm_`` for the weight, no temporary."""
-        g2 = partial.output_squares
-        if g2 is None or "weight" not in names:
-            super().finalize_into(call, partial, names, totals)
-            return
-        totals["weight"].addmm_(g2.T, call.input.to(g2.dtype).square())
-        if "bias" in names:
-            totals["bias"].add_(g2.sum(0))
