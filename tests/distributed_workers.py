@@ -98,7 +98,6 @@ def fisher_rank(rank: int, world_size: int, folder: str) -> None:
         ewc.diagonal_fisher(model, share, "exact" if rank == 0 else "empirical")
     except ValueError as error:
         out["mismatch"] = {"message": torch.tensor(list(str(error).encode()))}
-    out["strategy check"] = {"message": _encoded(_shared_strategy_error(rank))}
     torch.save(out, Path(folder) / f"rank{rank}.pt")
 
 
@@ -204,49 +203,3 @@ def gradient_rank(rank: int, world_size: int, folder: str) -> None:
         out[path]["loss"] = torch.tensor(loss.total)
     out["strategy check"] = {"message": _encoded(_shared_strategy_error(rank))}
     torch.save(out, Path(folder) / f"rank{rank}.pt")
-
-
-class _RankStrategy:
-    """A strategy whose state after a task is its rank: what a shard not all-reduced gives."""
-
-    def __init__(self, rank: int):
-        self.state = {"importance": torch.tensor([0.0])}
-        self.rank = rank
-
-    def penalty(self):
-        return None
-
-    def after_task(self, context):
-        self.state["importance"] += self.rank + sum(len(x) for x, _ in context.train_batches)
-        return []
-
-    def state_dict(self):
-        return self.state
-
-    def load_state_dict(self, state):
-        self.state = state
-
-
-def _shared_strategy_error(rank: int) -> str:
-    """The error `SharedStrategy` raises on this rank when the ranks' states differ."""
-    from ewc.experiment.config import Optimizer
-    from ewc.experiment.distributed import SharedStrategy
-    from ewc.experiment.storage.rundir import Cell
-    from ewc.experiment.strategies import TaskContext
-    from ewc.experiment.team import DistributedError, Team
-
-    batches = fisher_batches(3, 4)  # 12 samples: 6 on each rank, so only the rank term differs
-    context = TaskContext(
-        nn.Linear(1, 1), 0, batches, None, torch.Generator(), Optimizer.ADAM, 1e-3
-    )
-    team = Team.current()
-    SharedStrategy(_RankStrategy(0), team, Cell(0, "same")).after_task(context)  # agrees
-    try:
-        SharedStrategy(_RankStrategy(rank), team, Cell(0, "ranked")).after_task(context)
-    except DistributedError as error:
-        return str(error)
-    return ""
-
-
-def _encoded(text: str) -> torch.Tensor:
-    return torch.tensor(list(text.encode()), dtype=torch.uint8)
