@@ -19,7 +19,7 @@ def test_the_distributed_page_runs_under_torchrun_as_written(tmp_path):
     done = subprocess.run(
         [*command, "--nproc-per-node=2", str(script)], capture_output=True, text=True, timeout=900
     )
-    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("after task")]
     assert [line.split(" (")[0] for line in lines] == ["after task A", "after task B"]
     assert all("(Fisher of 2000 inputs)" in line for line in lines)  # the union, on rank 0

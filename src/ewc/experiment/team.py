@@ -111,6 +111,7 @@ def process_group_from_environment(device: str) -> Iterator[Team]:
     torch.distributed.init_process_group("nccl" if cuda else "gloo")
     try:
         yield Team.current()
+        torch.distributed.barrier()  # on success only: a failed rank never reaches it
     finally:
         torch.distributed.destroy_process_group()
 
