@@ -40,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table:
         for name, directory, overrides in runs:
             _run(args, name, directory, overrides)
-    extra = [d for folder in args.also for d in sorted(folder.iterdir()) if d.is_dir()]
-    print(table(preset, [directory for _, directory, _ in runs] + extra))
+    folders = [*args.also, args.out] if args.table else args.also
+    extra = [d for folder in folders if folder.is_dir() for d in sorted(folder.iterdir())]
+    planned = [] if args.table else [directory for _, directory, _ in runs]
+    print(table(preset, planned + [d for d in extra if d.is_dir()]))
     return 0
 
 
@@ -58,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--also", type=Path, action="append", default=[], help="more --out folders for the table"
     )
-    parser.add_argument("--table", action="store_true", help="only print the table")
+    parser.add_argument(
+        "--table", action="store_true", help="only print the table, of every run under --out"
+    )
     return parser
 
 

@@ -142,3 +142,8 @@ def test_the_reproduction_script_tabulates_finished_cells(tmp_path, capsys):
     ]
     text = reproduce.table(preset, [tmp_path / "seed0"])
     assert "| finetune | — | 85.41 ± 0.88 |" in text
+    (tmp_path / "out").mkdir()
+    (tmp_path / "seed0").rename(tmp_path / "out" / "seed7-ewc-batched-1e+09")  # a grid's name
+    out = ["--table", "--out", str(tmp_path / "out")]
+    assert reproduce.main(["vandeven2025-split-mnist", *out]) == 0
+    assert "| ewc-batched | 1e+09 | 99.11 ± 0.16 |" in capsys.readouterr().out
