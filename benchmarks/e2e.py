@@ -301,7 +301,10 @@ def _chunks(inputs, targets, size):
 
 def _avalanche(args: argparse.Namespace, torch) -> float:
     """Avalanche's EWC on the same tasks (run in Avalanche's own environment)."""
-    from avalanche.benchmarks.generators import tensors_benchmark
+    try:
+        from avalanche.benchmarks import tensors_benchmark  # avalanche-lib 0.4 and later
+    except ImportError:
+        from avalanche.benchmarks.generators import tensors_benchmark
     from avalanche.training import EWC
 
     torch.set_num_threads(args.threads)
