@@ -8,10 +8,8 @@ import json
 import pytest
 import torch
 
-from ewc.data import ImageDataset
 from ewc.experiment.cell import task_budget
 from ewc.experiment.config import ConfigError, resolve
-from ewc.experiment.progress import Progress
 from ewc.experiment.runner import run_experiment
 from ewc.experiment.strategies import (
     BATCHED_FISHER_BATCH_SIZE,
@@ -23,24 +21,7 @@ from ewc.experiment.streams.loaders import TensorBatches
 from ewc.experiment.streams.protocol import class_permutation, order_classes, pad_images
 from ewc.experiment.summary import FWT_TASK_IL, not_applicable
 from ewc.fisher import FisherKind
-
-
-def learnable_digits(train: int = 160, test: int = 40) -> ImageDataset:
-    """Noise images with a bright 4×4 block at a position that encodes the class (0..9)."""
-    gen = torch.Generator().manual_seed(0)
-
-    def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = torch.arange(n) % 10
-        images = torch.randint(0, 60, (n, 28, 28), generator=gen, dtype=torch.uint8)
-        for i, label in enumerate(labels.tolist()):
-            row, col = 4 + 8 * (label // 4), 2 + 6 * (label % 4)
-            images[i, row : row + 4, col : col + 4] = 255
-        return images, labels
-
-    (xs, ys), (xt, yt) = split(train), split(test)
-    classes = tuple(str(c) for c in range(10))
-    return ImageDataset("mnist", xs, ys, xt, yt, classes, "synthetic blocks (tests)", True)
-
+from experiment.test_runner import StopAfter, events, learnable_digits
 
 TINY = [
     "benchmark.num_tasks=2",
@@ -57,22 +38,6 @@ TINY = [
 
 def tiny_config(*extra: str):
     return resolve(overrides=[*TINY, *extra])
-
-
-def events(run_dir) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-class StopAfter(Progress):
-    """Interrupts the run after a given number of optimizer steps, like a kill would."""
-
-    def __init__(self, steps: int):
-        self.left = steps
-
-    def step(self, *args) -> None:
-        self.left -= 1
-        if self.left == 0:
-            raise KeyboardInterrupt
 
 
 def _batches(n: int, size: int) -> TensorBatches:
