@@ -9,7 +9,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -345,17 +345,15 @@ def _finish_sweep(result: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep_report_or_explain(sweep_dir: Path) -> None:
-    try:
+def _sweep_report_or_explain(sweep_dir: Path) -> bool:
+    """Write the sweep's report; explain (instead of failing) what is missing to make it."""
+
+    def write() -> Path:
         from ewc.report.sweep import write_sweep_report
 
-        path = write_sweep_report(sweep_dir)
-    except ModuleNotFoundError as error:
-        if _optional_dependency(error) is None:
-            raise
-        print(f"ewc sweep: {missing_dependency_message(error)}", file=sys.stderr)
-        return
-    print(f"report: {path}")
+        return write_sweep_report(sweep_dir)
+
+    return _write_or_explain("ewc sweep", write)
 
 
 def _download(args: argparse.Namespace) -> int:
@@ -493,23 +491,36 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _report_or_explain(run_dir: Path) -> bool:
-    """Write the report; explain (instead of failing) what is missing to make it."""
-    try:
+    """Write the run's report; explain (instead of failing) what is missing to make it."""
+
+    def write() -> Path:
         from ewc.report import write_report
 
-        paths = write_report(run_dir)
+        return write_report(run_dir).html
+
+    return _write_or_explain("ewc report", write)
+
+
+def _write_or_explain(command: str, write: Callable[[], Path]) -> bool:
+    """Call ``write`` and print the report's path, or print why it could not be written.
+
+    A missing optional dependency, an OS error or a bad run directory gives one line prefixed by
+    ``command`` and False; any other error propagates.
+    """
+    try:
+        path = write()
     except ModuleNotFoundError as error:
         if _optional_dependency(error) is None:
             raise
-        print(f"ewc report: {missing_dependency_message(error)}", file=sys.stderr)
+        print(f"{command}: {missing_dependency_message(error)}", file=sys.stderr)
         return False
     except OSError as error:
-        print(f"ewc report: {describe_os_error(error)}", file=sys.stderr)
+        print(f"{command}: {describe_os_error(error)}", file=sys.stderr)
         return False
     except ValueError as error:
-        print(f"ewc report: {error}", file=sys.stderr)
+        print(f"{command}: {error}", file=sys.stderr)
         return False
-    print(f"report: {paths.html}")
+    print(f"report: {path}")
     return True
 
 
