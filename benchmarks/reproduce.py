@@ -114,16 +114,20 @@ def table(preset: presets.Preset, directories: list[Path]) -> str:
     results = collect(directories)
     lines = [
         f"preset {preset.name} (v{preset.version})",
-        "| strategy | λ | published ACC | ours ACC (mean ± SEM, n) | training + Fisher s/seed |",
-        "|---|---|---|---|---|",
+        "| strategy | λ | published ACC | ours ACC (mean ± SEM, n) | training + Fisher s/seed "
+        "| ACC per seed |",
+        "|---|---|---|---|---|---|",
     ]
     for (name, strength), cells in sorted(results.items()):
         accs = [c["acc"] for c in cells]
         seconds = [c["seconds"] for c in cells if c["seconds"] is not None]
         wall = f"{statistics.mean(seconds):,.0f}" if seconds else "—"
+        per_seed = ", ".join(
+            f"{c['seed']}: {c['acc']:.2f}" for c in sorted(cells, key=lambda c: c["seed_number"])
+        )
         lines.append(
             f"| {name} | {strength} | {_published(preset, name)} | {_mean_sem(accs)} "
-            f"(n={len(accs)}) | {wall} |"
+            f"(n={len(accs)}) | {wall} | {per_seed} |"
         )
     return "\n".join(lines)
 
@@ -146,11 +150,16 @@ def collect(directories: list[Path]) -> dict[tuple[str, str], list[dict[str, Any
             rows = _task_rows(events)
             if not rows or len(rows) != len(rows[0]) + 1:
                 continue
-            name = events.parent.name.split("-", 1)[1]
+            seed, name = events.parent.name.split("-", 1)
             strength = config["strategies"].get(name, {}).get("strength")
             spent = summary.get("timings_s", {}).get(name)
             seconds = spent["training"] + spent["fisher"] if spent else None
-            entry = {"acc": statistics.mean(rows[-1]), "seconds": seconds}
+            entry = {
+                "acc": 100 * statistics.mean(rows[-1]),
+                "seconds": seconds,
+                "seed": seed,
+                "seed_number": int(seed.removeprefix("seed")),
+            }
             label = f"{strength:g}" if strength is not None else "—"
             results.setdefault((name, label), []).append(entry)
     return results
@@ -175,10 +184,11 @@ def _published(preset: presets.Preset, name: str) -> str:
 
 
 def _mean_sem(values: list[float]) -> str:
-    mean = 100 * statistics.mean(values)
+    """Mean ± SEM (sample standard deviation, n − 1) of percentages."""
+    mean = statistics.mean(values)
     if len(values) < 2:
         return f"{mean:.2f}"
-    return f"{mean:.2f} ± {100 * statistics.stdev(values) / math.sqrt(len(values)):.2f}"
+    return f"{mean:.2f} ± {statistics.stdev(values) / math.sqrt(len(values)):.2f}"
 
 
 if __name__ == "__main__":

@@ -146,4 +146,7 @@ def test_the_reproduction_script_tabulates_finished_cells(tmp_path, capsys):
     (tmp_path / "seed0").rename(tmp_path / "out" / "seed7-ewc-batched-1e+11")  # a grid's name
     out = ["--table", "--out", str(tmp_path / "out")]
     assert reproduce.main(["vandeven2025-split-mnist", *out]) == 0
-    assert "| ewc-batched | 1e+11 | 99.11 ± 0.16 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| ewc-batched | 1e+11 | 99.11 ± 0.16 |" in printed
+    (acc,) = [entry["acc"] for entry in results[("ewc-batched", "1e+11")]]
+    assert f"| seed0: {acc:.2f} |" in printed  # the cell's seed (not the folder's name), in %
