@@ -133,7 +133,7 @@ def table(preset: presets.Preset, directories: list[Path]) -> str:
 
 
 def collect(directories: list[Path]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """(strategy, λ) → [{"acc", "seconds"}] of every cell that trained all its tasks.
+    """(strategy, λ) → [{"acc" (%), "seconds", "seed"}] of every cell that trained all its tasks.
 
     A cell counts once its event log holds every task's row, even if its run was stopped before
     ``summary.json`` was written (a run of several strategies killed after the first); its wall
