@@ -21,23 +21,11 @@ from ewc.experiment.streams.loaders import TensorBatches
 from ewc.experiment.streams.protocol import class_permutation, order_classes, pad_images
 from ewc.experiment.summary import FWT_TASK_IL, not_applicable
 from ewc.fisher import FisherKind
-from experiment.test_runner import StopAfter, events, learnable_digits
-
-TINY = [
-    "benchmark.num_tasks=2",
-    "training.epochs=2",
-    "training.batch_size=16",
-    "training.eval_every=4",
-    "training.eval_batch_size=32",
-    "training.threads=1",
-    "training.lr_schedule=constant",
-    "checkpoint_every=3",
-    "model.hidden=[32]",
-]
+from experiment.test_runner import TINY_RUN, StopAfter, events, learnable_digits
 
 
 def tiny_config(*extra: str):
-    return resolve(overrides=[*TINY, *extra])
+    return resolve(overrides=[*TINY_RUN, *extra])
 
 
 def _batches(n: int, size: int) -> TensorBatches:

@@ -38,7 +38,7 @@ def learnable_digits(train: int = 160, test: int = 40, seed: int = 0) -> ImageDa
     return ImageDataset("mnist", xs, ys, xt, yt, classes, "synthetic blocks (tests)", True)
 
 
-TINY = [
+TINY_RUN = [  # a tiny run with the default strategies
     "benchmark.num_tasks=2",
     "training.epochs=2",
     "training.batch_size=16",
@@ -48,6 +48,9 @@ TINY = [
     "training.lr_schedule=constant",  # 20 steps a task: learn at the full rate
     "checkpoint_every=3",
     "model.hidden=[32]",
+]
+TINY = [
+    *TINY_RUN,
     'compare=["finetune", "l2", "ewc", "online-ewc"]',
     "strategies.online-ewc.gamma=0.9",
 ]
