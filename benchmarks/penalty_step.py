@@ -18,7 +18,7 @@ reference epoch. The script re-runs itself under the fixed glibc allocator setti
 ``fisher_speed.py`` (``--system-malloc`` keeps the defaults).
 
 Usage: python benchmarks/penalty_step.py [--repeats 5] [--threads 2] [--tasks 1,5,10,50]
-       [--kfac-tasks 1,5] [--json out.json]
+       [--kfac-tasks 1,5] [--json out.json] [--cpu-clock (with --threads 1)]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import ewc
 from ewc._batches import Batch
 from ewc.experiment.models import build_model
 from ewc.training import train_step
-from fisher_speed import Timer, batches, mnist, with_steady_malloc
+from fisher_speed import Timer, batches, mnist, use_thread_clock, with_steady_malloc
 
 
 def own_loop(model: nn.Module, opt: torch.optim.Optimizer, data: list, penalty=None) -> None:
@@ -115,7 +115,14 @@ def main() -> None:
     parser.add_argument("--tasks", default="1,5,10,50", help="consolidated tasks, comma-separated")
     parser.add_argument("--kfac-tasks", default="1,5", help="task counts for the K-FAC row")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--cpu-clock",
+        action="store_true",
+        help="time the main thread's CPU time, not wall time (needs --threads 1)",
+    )
     args = parser.parse_args()
+    if args.cpu_clock:
+        use_thread_clock(args.threads)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x, y = mnist(2560)

@@ -307,7 +307,7 @@ def test_the_work_buffers_change_no_bit(model):
     move(model, 5)
     params = list(model.parameters())
     with torch.no_grad():
-        value, fresh = penalty._value_and_gradient(params)
+        value, fresh = penalty._value_and_weighted(params)
     model.zero_grad(set_to_none=True)
     assert torch.equal(penalty.add_gradient_(), value)
-    assert all(torch.equal(p.grad, g) for p, g in zip(params, fresh, strict=True))
+    assert all(torch.equal(p.grad, 3.0 * w) for p, w in zip(params, fresh, strict=True))
