@@ -123,6 +123,19 @@ def test_l2_is_the_penalty_with_an_identity_fisher(model):
     assert_same_value_and_gradient(model, penalty, closed_form(model, terms, 0.5))
 
 
+def test_online_l2_with_gamma_zero_pulls_towards_the_latest_task_only(model):
+    """Hsu et al. 2018's L2 (``online_reg``): (λ/2) ‖θ − θ*_T‖², Ω = 1 whatever the task count."""
+    penalty = ewc.L2(model, strength=0.5, mode="online", gamma=0.0)
+    for t in range(3):
+        move(model, t)
+        penalty.consolidate()
+    latest = snapshot(model)
+    move(model, 7)
+    ones = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    assert all(torch.equal(o, ones[n]) for n, o in penalty.importance.items())
+    assert_same_value_and_gradient(model, penalty, closed_form(model, [(ones, latest)], 0.5))
+
+
 @pytest.mark.parametrize("mode", ["separate", "online"])
 def test_add_gradient_equals_backward_of_the_penalty(model, mode):
     penalty = ewc.EWC(model, strength=4.0, mode=mode, gamma=0.9 if mode == "online" else 1.0)
@@ -193,8 +206,8 @@ def test_to_casts_the_stored_tensors(model):
             {"strength": 1.0, "mode": "offline"},
             "unknown penalty mode 'offline'; valid modes are 'separate', 'online'",
         ),
-        ({"strength": 1.0, "mode": "online", "gamma": 0.0}, r"gamma must be in \(0, 1\]; got 0.0"),
-        ({"strength": 1.0, "mode": "online", "gamma": 1.5}, r"gamma must be in \(0, 1\]; got 1.5"),
+        ({"strength": 1.0, "mode": "online", "gamma": -1}, r"gamma must be in \[0, 1\]; got -1"),
+        ({"strength": 1.0, "mode": "online", "gamma": 1.5}, r"gamma must be in \[0, 1\]; got 1.5"),
         ({"strength": 1.0, "gamma": 0.5}, "gamma=0.5 only applies to mode='online'"),
     ],
 )

@@ -14,7 +14,8 @@ With several old tasks t there are two published variants:
   θ̄ = Σ_t F_t θ_t / Ω and c = Σ_t F_t (θ_t − θ̄)², so it is stored merged: same value, same
   gradient, and a cost per call that does not grow with the number of tasks.
 - ``online`` (Schwarz et al. 2018, "Progress & Compress"; Huszár 2018): F ← γ F + F_new and the
-  anchor moves to the latest θ*; γ ∈ (0, 1] forgets old tasks gradually.
+  anchor moves to the latest θ*; γ ∈ (0, 1] forgets old tasks gradually, and γ = 0 keeps only
+  the latest task (Ω = F_latest: the L2 of Hsu et al. 2018's code, ``online_reg``).
 
 The L2 baseline of the paper is the same penalty with F = 1 for every parameter.
 
@@ -69,7 +70,8 @@ class QuadraticPenalty:
         model: the model whose parameters are penalised.
         strength: λ ≥ 0, the paper's λ (the penalty carries the 1/2).
         mode: ``"separate"`` (default) or ``"online"``.
-        gamma: the online decay γ ∈ (0, 1]; must stay 1 in separate mode.
+        gamma: the online decay γ ∈ [0, 1] (0: only the latest task); must stay 1 in separate
+            mode.
     """
 
     #: h in h λ Σ Ω (θ − θ̄)²: 1/2 for EWC and L2 (Kirkpatrick et al. 2017, Eq. 3).
@@ -433,7 +435,11 @@ class EWC(QuadraticPenalty):
 
 
 class L2(QuadraticPenalty):
-    """The paper's L2 baseline: (λ/2) Σ_t Σ_i (θ_i − θ*_t,i)², every weight equally important."""
+    """The paper's L2 baseline: (λ/2) Σ_t Σ_i (θ_i − θ*_t,i)², every weight equally important.
+
+    ``mode="online", gamma=0`` pulls towards the latest task's parameters only, (λ/2) ‖θ − θ*_T‖²,
+    as the L2 agent of Hsu et al. 2018 (GT-RIPL/Continual-Learning-Benchmark, ``online_reg``).
+    """
 
     def consolidate(self) -> None:
         """Anchor the model's current trainable parameters (one more task)."""
@@ -442,8 +448,8 @@ class L2(QuadraticPenalty):
 
 
 def _checked_gamma(gamma: float, mode: PenaltyMode) -> float:
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma <= 1:
-        raise ValueError(f"gamma must be in (0, 1]; got {gamma!r}")
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma <= 1:
+        raise ValueError(f"gamma must be in [0, 1]; got {gamma!r}")
     if mode is PenaltyMode.SEPARATE and gamma != 1:
         raise ValueError(
             f"gamma={gamma} only applies to mode='online'; separate mode keeps every task"

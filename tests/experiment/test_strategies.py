@@ -93,7 +93,8 @@ def test_plain_sgd_that_would_diverge_is_reported(model):
         (
             "l2",
             {"lambda": 1.0},
-            r"unknown config key 'strategies\.l2\.lambda'; valid keys here are strength",
+            r"unknown config key 'strategies\.l2\.lambda'; "
+            "valid keys here are strength, mode, gamma",
         ),
         (
             "ewc",
@@ -113,8 +114,11 @@ def test_plain_sgd_that_would_diverge_is_reported(model):
             {"fisher_samples": 0},
             r"strategies\.ewc\.fisher_samples must be at least 1; got 0",
         ),
-        ("online-ewc", {"gamma": 1.5}, r"strategies\.online-ewc\.gamma must be in \(0, 1\]"),
-        ("online-ewc", {"gamma": 0}, r"strategies\.online-ewc\.gamma must be positive"),
+        ("online-ewc", {"gamma": 1.5}, r"strategies\.online-ewc\.gamma must be in \[0, 1\]"),
+        ("online-ewc", {"gamma": -0.1}, r"strategies\.online-ewc\.gamma must be a finite number"),
+        ("l2", {"gamma": 0}, r"strategies\.l2\.gamma applies to mode = 'online' only"),
+        ("l2", {"mode": "online", "gamma": 2}, r"strategies\.l2\.gamma must be in \[0, 1\]"),
+        ("l2", {"mode": "latest"}, r"strategies\.l2\.mode"),
         (
             "ewc-big",
             {"type": "ewc", "strength": -2.0},

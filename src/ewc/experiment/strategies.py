@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ewc.experiment.config import ConfigError, Optimizer, above, at_least, build_dataclass
 from ewc.fisher import FisherKind, diagonal_fisher, kfac_fisher
 from ewc.mas import MAS, mas_importance
-from ewc.penalties import EWC, L2, QuadraticPenalty
+from ewc.penalties import EWC, L2, PenaltyMode, QuadraticPenalty
 from ewc.synaptic_intelligence import SynapticIntelligence
 
 
@@ -91,6 +91,10 @@ class L2Settings:
     """Hyper-parameters of ``l2``."""
 
     strength: float = at_least(0.0, 1.0)  # λ
+    # "separate": Σ_t ‖θ − θ*_t‖²; "online" with gamma = 0: ‖θ − θ*_T‖², the latest task only
+    # (Hsu et al. 2018's L2); with gamma = γ > 0, Ω ← γ Ω + 1 at the latest θ*.
+    mode: PenaltyMode = PenaltyMode.SEPARATE
+    gamma: float = at_least(0.0, 1.0)  # online decay γ ∈ [0, 1]; only with mode = "online"
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,7 @@ class EWCSettings:
     # evaluation batch size. Never the evaluation batch size for "batched".
     fisher_batch_size: int | None = at_least(1, None)
     samples_per_input: int = at_least(1, 1)  # labels drawn per input for fisher = "sample"
-    gamma: float = above(0.0, 1.0)  # online decay γ ∈ (0, 1]; only for online-ewc
+    gamma: float = at_least(0.0, 1.0)  # online decay γ ∈ [0, 1]; only for online-ewc
 
 
 class PenaltyStrategy:
@@ -214,9 +218,18 @@ def make_finetune(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
 
 
 def make_l2(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
-    """``l2``: (λ/2) Σ_t ‖θ − θ*_t‖²."""
+    """``l2``: (λ/2) Σ_t ‖θ − θ*_t‖², or (online, γ = 0) (λ/2) ‖θ − θ*_T‖²."""
     settings = build_dataclass(L2Settings, params, "")
-    return PenaltyStrategy(L2(model, strength=settings.strength))
+    if settings.gamma > 1:
+        raise ConfigError(f"{{key}} must be in [0, 1]; got {settings.gamma}", "gamma")
+    if settings.mode is PenaltyMode.SEPARATE and settings.gamma != 1.0:
+        raise ConfigError(
+            "{key} applies to mode = 'online' only (separate keeps every task); got "
+            f"{settings.gamma}",
+            "gamma",
+        )
+    penalty = L2(model, strength=settings.strength, mode=settings.mode, gamma=settings.gamma)
+    return PenaltyStrategy(penalty)
 
 
 def make_ewc(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
@@ -235,7 +248,7 @@ def make_online_ewc(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
     """``online-ewc``: one running Fisher F ← γ F + F_t (Schwarz et al. 2018)."""
     settings = build_dataclass(EWCSettings, params, "")
     if settings.gamma > 1:
-        raise ConfigError(f"{{key}} must be in (0, 1]; got {settings.gamma}", "gamma")
+        raise ConfigError(f"{{key}} must be in [0, 1]; got {settings.gamma}", "gamma")
     penalty = EWC(model, strength=settings.strength, mode="online", gamma=settings.gamma)
     return PenaltyStrategy(penalty, settings)
 

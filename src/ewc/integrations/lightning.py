@@ -40,7 +40,7 @@ class EWCCallback(pl.Callback):
         fisher: the Fisher kind (``"exact"``, ``"sample"``, ``"empirical"``, ``"argmax"`` or
             ``"batched"``; see `ewc.fisher.kinds`).
         mode: ``"separate"`` (one term per task) or ``"online"`` (F ← γ F + F_new).
-        gamma: the online decay γ ∈ (0, 1]; 1 in separate mode.
+        gamma: the online decay γ ∈ [0, 1] (0: the latest task only); 1 in separate mode.
         fisher_data: the ``(inputs, targets)`` batches the Fisher is computed on at the end of
             every fit; default: that fit's train dataloader, which must yield such pairs.
         num_samples: use at most this many inputs for each Fisher (default: all).

@@ -79,7 +79,7 @@ class EWCCallback(transformers.TrainerCallback):
         fisher: the Fisher kind (``"exact"``, ``"sample"``, ``"empirical"``, ``"argmax"`` or
             ``"batched"``; see `ewc.fisher.kinds`).
         mode: ``"separate"`` (one term per task) or ``"online"`` (F ← γ F + F_new).
-        gamma: the online decay γ ∈ (0, 1]; 1 in separate mode.
+        gamma: the online decay γ ∈ [0, 1] (0: the latest task only); 1 in separate mode.
         fisher_data: what the Fisher is computed on at the end of every ``train()``: a DataLoader
             (or any iterable) of batches as the Trainer's collator makes them (dicts with
             ``input_ids``, ``attention_mask``, ``labels``, ...), or a dataset of such examples,
