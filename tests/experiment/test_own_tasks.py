@@ -216,6 +216,10 @@ def test_sample_limits_and_task_count(factories):
         (["benchmark.name=custom"], "benchmark.name = 'custom' needs benchmark.factory"),
         ([*OWN, "benchmark.name=split"], "so benchmark.name must be 'custom'"),
         ([*OWN, "benchmark.angles=[0.0]"], "benchmark.angles applies to the image benchmarks"),
+        (
+            [*OWN, "benchmark.normalize=[0.1, 0.3]"],
+            "benchmark.normalize applies to the image benchmarks",
+        ),
     ],
 )
 def test_a_bad_factory_is_one_line_naming_it_and_nothing_is_created(

@@ -1,5 +1,5 @@
-"""The protocol knobs of published runs: step budgets, drop_last, class order, padding, the
-batched Fisher's batch size, wall times and FWT's n/a in task-IL."""
+"""The protocol knobs of published runs: step budgets, drop_last, class order, padding,
+normalisation, the batched Fisher's batch size, wall times and FWT's n/a in task-IL."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from ewc.experiment.strategies import (
     TaskContext,
     fisher_batches,
 )
+from ewc.experiment.streams.benchmarks import build_stream
 from ewc.experiment.streams.loaders import TensorBatches
 from ewc.experiment.streams.protocol import class_permutation, order_classes, pad_images
 from ewc.experiment.summary import FWT_TASK_IL, not_applicable
@@ -149,6 +150,38 @@ def test_padding_widens_the_images_and_the_model(tmp_path):
         tiny_config("benchmark.pad=2", 'compare=["finetune"]'), tmp_path / "run", data=data
     )
     assert result.matrices
+
+
+def test_normalize_shifts_and_scales_every_tasks_inputs_after_padding(tmp_path):
+    """Hsu et al.'s ``Pad(2)`` then ``Normalize((0.1,), (0.2752,))``: a pad pixel is −0.1/0.2752."""
+    data = pad_images(learnable_digits(), 2)
+    plain = build_stream("split", data, train_samples=8, test_samples=8)
+    normal = build_stream("split", data, train_samples=8, test_samples=8, normalize=(0.1, 0.2752))
+    for a, b in zip(plain.tasks, normal.tasks, strict=True):
+        x = a.transform(a.train_images)
+        y = b.transform(b.train_images)
+        assert torch.allclose(y, (x - 0.1) / 0.2752, rtol=0, atol=1e-6)
+        assert torch.allclose(y[:, :, 0, 0], torch.tensor(-0.1 / 0.2752), rtol=0, atol=1e-6)
+    permuted = build_stream("permuted", data, num_tasks=2, train_samples=4, normalize=(0.5, 2.0))
+    task = permuted.tasks[1]
+    unit = build_stream("permuted", data, num_tasks=2, train_samples=4).tasks[1]
+    expected = (unit.transform(unit.test_images) - 0.5) / 2.0
+    assert torch.equal(task.transform(task.test_images), expected)
+    config = tiny_config("benchmark.normalize=[0.1, 0.2752]", 'compare=["finetune"]')
+    assert config.hash() != tiny_config('compare=["finetune"]').hash()
+    run_experiment(config, tmp_path / "run", data=learnable_digits())
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["config"]["benchmark"]["normalize"] == [0.1, 0.2752]
+
+
+@pytest.mark.parametrize(
+    "value", ["[0.1]", "[0.1, 0.0]", "[0.1, -1.0]", "[0.1, 0.2, 0.3]", "[nan, 1.0]"]
+)
+def test_a_bad_normalize_is_refused_before_anything_runs(value):
+    with pytest.raises(ConfigError, match=r"benchmark\.normalize must be \[mean, std\]"):
+        tiny_config(f"benchmark.normalize={value}")
+    with pytest.raises(ValueError, match="normalize must be"):
+        build_stream("split", learnable_digits(), normalize=(0.1, 0.0))
 
 
 class _Context:

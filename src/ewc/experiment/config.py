@@ -103,6 +103,9 @@ class BenchmarkConfig:
     classes_per_task: int = at_least(2, 2)  # split only
     class_order: ClassOrder = ClassOrder.NATURAL  # split only: natural or shuffled per seed
     pad: int = at_least(0, 0)  # zero pixels added on every side (2: 28×28 → 32×32)
+    # [mean, std]: inputs (x − mean) / std after the scaling to [0, 1] (Hsu et al. 2018: [0.1,
+    # 0.2752]); None: pixels stay in [0, 1]
+    normalize: list[float] | None = None
     angles: list[float] | None = None  # rotated only; None: evenly spaced
     train_samples: int | None = at_least(1, None)  # at most this many training samples per task
     test_samples: int | None = at_least(1, None)  # at most this many test samples per task
@@ -192,7 +195,12 @@ UNHASHED_KEYS: dict[str, tuple[str, ...]] = {"training": ("eval_samples",)}
 #: Keys that configs recorded before they existed lack, and the value those runs used.
 UNHASHED_DEFAULTS: dict[str, dict[str, Any]] = {
     "training": {"device": "cpu", "steps": None, "drop_last": False},
-    "benchmark": {"factory": None, "class_order": ClassOrder.NATURAL.value, "pad": 0},
+    "benchmark": {
+        "factory": None,
+        "class_order": ClassOrder.NATURAL.value,
+        "pad": 0,
+        "normalize": None,
+    },
     "model": {"factory": None},  # your own tasks and model (ewc.experiment.factories)
 }
 
@@ -378,10 +386,22 @@ def _check_combinations(config: RunConfig) -> None:
             f"benchmark.class_order = {b.class_order.value!r} applies to the split benchmark "
             f"only; got benchmark.name = {b.name.value!r} (leave class_order at 'natural')"
         )
+    _check_normalize(b.normalize)
     if b.data_dir is not None and b.source not in (Source.DIR, Source.AUTO):
         raise ConfigError(
             f"benchmark.data_dir is set but benchmark.source = {b.source.value!r} does not read "
             "it; use benchmark.source = 'dir' or 'auto', or leave the source unset"
+        )
+
+
+def _check_normalize(normalize: list[float] | None) -> None:
+    """``benchmark.normalize`` is None or [mean, std] with finite numbers and std > 0."""
+    if normalize is None:
+        return
+    if len(normalize) != 2 or not all(math.isfinite(v) for v in normalize) or normalize[1] <= 0:
+        raise ConfigError(
+            "benchmark.normalize must be [mean, std] with finite numbers and std > 0 (e.g. "
+            f"[0.1, 0.2752]); got {normalize!r}"
         )
 
 
@@ -399,6 +419,7 @@ def _check_custom(b: BenchmarkConfig) -> None:
             f"got benchmark.name = {b.name.value!r}"
         )
     image_only = {"source": b.source, "data_dir": b.data_dir, "angles": b.angles}
+    image_only["normalize"] = b.normalize
     image_only["classes_per_task"] = None if b.classes_per_task == 2 else b.classes_per_task
     for key, value in image_only.items():
         if custom and value is not None:

@@ -163,6 +163,7 @@ def stream_for(config: RunConfig, data: ImageDataset | CustomTasks, seed: int) -
         angles=None if b.angles is None else tuple(b.angles),
         train_samples=b.train_samples,
         test_samples=b.test_samples,
+        normalize=None if b.normalize is None else tuple(b.normalize),
     )
 
 

@@ -18,7 +18,8 @@ Defaults are in :data:`DEFAULTS`, the one place the runner reads them from.
   half turn, never reaching 180°, where a 6 becomes a 9.
 
 Inputs are float32 ``(N, 1, H, W)``, the uint8 pixels divided by 255, with no mean/std
-normalisation (see :func:`.transforms.to_unit_interval`), made per batch from the uint8 images
+normalisation unless ``normalize`` asks for one (see :func:`.transforms.to_unit_interval`,
+:class:`.transforms.Normalized`), made per batch from the uint8 images
 that every task shares (`.tasks.Task`). Everything is a deterministic function of
  the data and ``seed``; only ``permuted`` is random, and it uses its own generators, never the
 global one.
@@ -45,7 +46,12 @@ from ewc.experiment.streams.tasks import (
     TaskStream,
     output_layout,
 )
-from ewc.experiment.streams.transforms import permute_pixels, rotate, to_unit_interval
+from ewc.experiment.streams.transforms import (
+    Normalized,
+    permute_pixels,
+    rotate,
+    to_unit_interval,
+)
 
 __all__ = [
     "DEFAULTS",
@@ -113,6 +119,7 @@ def build_stream(
     angles: Sequence[float] | None = None,
     train_samples: int | None = None,
     test_samples: int | None = None,
+    normalize: tuple[float, float] | None = None,
 ) -> TaskStream:
     """Turn ``data`` into the task stream of ``benchmark`` under ``scenario``.
 
@@ -130,6 +137,8 @@ def build_stream(
         train_samples: keep at most this many training images per task, the first ones in data
             order (the same images in every permuted / rotated task); None keeps all.
         test_samples: the same for the test images.
+        normalize: (mean, std): every task's inputs become (x − mean) / std after the scaling
+            to [0, 1] (`transforms.Normalized`); None keeps them in [0, 1].
 
     Raises:
         ValueError: an unknown name, a count that is not a positive integer, more split tasks
@@ -153,7 +162,7 @@ def build_stream(
     ):
         if value is not None:
             _check_count(value, what)
-    recipe = _Recipe(data, chosen, train_samples, test_samples)
+    recipe = _Recipe(data, chosen, train_samples, test_samples, _checked_normalize(normalize))
     if kind is Benchmark.SPLIT:
         tasks = _split_tasks(recipe, num_tasks, classes_per_task)
     elif kind is Benchmark.PERMUTED:
@@ -215,6 +224,18 @@ class _Recipe:
     scenario: Scenario
     train_samples: int | None
     test_samples: int | None
+    normalize: tuple[float, float] | None = None
+
+
+def _checked_normalize(normalize: Sequence[float] | None) -> tuple[float, float] | None:
+    if normalize is None:
+        return None
+    values = tuple(float(v) for v in normalize)
+    if len(values) != 2 or not all(math.isfinite(v) for v in values) or values[1] <= 0:
+        raise ValueError(
+            f"normalize must be (mean, std) with finite numbers and std > 0; got {normalize!r}"
+        )
+    return values
 
 
 def _split_tasks(recipe: _Recipe, num_tasks: int | None, per_task: int) -> list[Task]:
@@ -351,6 +372,8 @@ def _make_task(
                 f"{classes} do not occur in its {split} split"
             )
         parts += [_rows(getattr(data, f"{split}_images"), keep), labels[keep]]
+    if recipe.normalize is not None:
+        transform = Normalized(transform, *recipe.normalize)
     return Task(index, name, *parts, classes=classes, transform=transform)
 
 

@@ -84,7 +84,8 @@ class Task:
         test_images: uint8 ``(N_test, H, W)``.
         test_targets: int64 ``(N_test,)``.
         classes: the original data set's classes in this task; within-task label i is classes[i].
-        transform: uint8 ``(n, H, W)`` images → float32 model inputs ``(n, 1, H, W)`` in [0, 1].
+        transform: uint8 ``(n, H, W)`` images → float32 model inputs ``(n, 1, H, W)`` in [0, 1]
+            (or normalised, ``benchmark.normalize``).
 
     Your own tasks (`ewc.experiment.streams.factory`) hold their inputs, of any dtype and shape,
     in place of the images, with a transform that returns them as they are.

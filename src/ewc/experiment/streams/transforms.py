@@ -1,4 +1,4 @@
-"""Image transforms of the benchmarks, in torch alone: unit scaling, pixel permutation, rotation.
+"""Image transforms of the benchmarks, in torch: unit scaling, normalisation, permutation, rotation.
 
 Each works on a whole tensor of images at once (no loop over images) and is deterministic.
 """
@@ -6,6 +6,8 @@ Each works on a whole tensor of images at once (no loop over images) and is dete
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,24 @@ def to_unit_interval(images: Tensor) -> Tensor:
     if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 3:
         raise ValueError(f"expected uint8 images of shape (N, H, W); got {_describe(images)}")
     return images.unsqueeze(1).to(torch.float32).div_(255.0)
+
+
+@dataclass(frozen=True, eq=False)
+class Normalized:
+    """``(inner(images) − mean) / std``: a task's inputs shifted and scaled after ``inner``.
+
+    For protocols that normalise the [0, 1] pixels, as Hsu et al. 2018's
+    ``transforms.Normalize((0.1,), (0.2752,))`` after ``Pad(2)`` (GT-RIPL/Continual-Learning-
+    Benchmark ``dataloaders/base.py``); a padded pixel becomes (0 − mean) / std there as here.
+    """
+
+    inner: Callable[[Tensor], Tensor]
+    mean: float
+    std: float
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """The inner transform's float inputs, shifted by ``mean`` and divided by ``std``."""
+        return (self.inner(images) - self.mean) / self.std
 
 
 def permute_pixels(images: Tensor, order: Tensor) -> Tensor:
