@@ -306,6 +306,13 @@ def test_online_ewc_shows_its_decay_and_fisher(full_one_seed):
     assert "λ = 100 · sample Fisher · γ = 0.9" in markdown
 
 
+def test_an_online_l2_shows_its_mode_and_gamma(tmp_path):
+    latest = {"type": "l2", "strength": 0.02, "mode": "online", "gamma": 0.0}
+    strategies = {"finetune": {}, "l2-latest": latest}
+    markdown = markdown_of(write_report(write_run(tmp_path / "run", strategies=strategies)))
+    assert "| l2-latest | L2 | 0.02 | F = 1 | — | online | 0 |" in markdown
+
+
 def test_user_strings_are_escaped_in_html_and_markdown(tmp_path):
     evil = "<script>alert('x')"
     math_like = r"a$\frac$b"  # matplotlib would read it as bad math and fail to draw

@@ -6,7 +6,8 @@ factory to the mapping the runner is given (`BUILTIN_STRATEGIES` by default), wi
 runner. Built-ins:
 
 - ``finetune``: no penalty (the classic ``normal_train``; the lower bound).
-- ``l2``: (λ/2) Σ_t ‖θ − θ*_t‖² (Kirkpatrick et al. 2017's L2 baseline).
+- ``l2``: (λ/2) Σ_t ‖θ − θ*_t‖² (Kirkpatrick et al. 2017's L2 baseline); with ``mode = "online"``,
+  ``gamma = 0``, (λ/2) ‖θ − θ*_T‖² towards the latest task only (Hsu et al. 2018's L2).
 - ``ewc``: (λ/2) Σ_t Σ_i F_t,i (θ_i − θ*_t,i)², one term per task (Kirkpatrick et al. 2017).
 - ``online-ewc``: one running Fisher F ← γ F + F_t at the latest anchor (Schwarz et al. 2018).
 - ``kfac-ewc``: EWC with a K-FAC Fisher, G ⊗ A per Linear / Conv2d layer and the diagonal for

@@ -108,7 +108,8 @@ def _strategy_row(run: Run, strategy: str) -> tuple[str, ...]:
     samples = _setting(settings, "fisher_samples", all_inputs) if has_fisher else MISSING
     fisher = _setting(settings, "fisher") if has_fisher else "F = 1" if kind == "L2" else MISSING
     mode = "online" if kind == "online EWC" else "separate" if kind == "EWC" else MISSING
-    gamma = _setting(settings, "gamma") if kind == "online EWC" else MISSING
+    online = kind == "online EWC" or settings.get("mode") == "online"  # l2 may be online too
+    gamma = _setting(settings, "gamma") if online else MISSING
     strength = _setting(settings, "strength")
     return (strategy, kind, strength, fisher, samples, _setting(settings, "mode", mode), gamma)
 
