@@ -66,6 +66,39 @@ def test_matches_the_one_sample_twin_with_a_head_selected(chunk_size):
     assert got["heads.0.weight"].abs().max() == 0  # the other head's output does not count
 
 
+def test_batch_mean_matches_its_closed_form_and_the_autograd_twin():
+    """Hsu et al.'s variant: (1/M) Σ_b |∂ mean_{n∈b,k} f_k² / ∂θ|, batch by batch."""
+    torch.manual_seed(2)
+    linear = nn.Linear(3, 2).double()
+    x = torch.randn(7, 3, dtype=torch.float64)
+    batches = [x[:4], (x[4:], None)]
+    got = ewc.mas_importance(linear, batches, gradient="batch-mean")
+    expected_w = torch.zeros_like(linear.weight)
+    expected_b = torch.zeros_like(linear.bias)
+    for part in (x[:4], x[4:]):
+        out = linear(part).detach()  # ∂ mean(f²)/∂W = 2 Σ_n f_n x_nᵀ / (B·K)
+        expected_w += (2 * out.T @ part / out.numel()).abs()
+        expected_b += (2 * out.sum(0) / out.numel()).abs()
+    assert torch.allclose(got["weight"], expected_w / 2, rtol=1e-12)
+    assert torch.allclose(got["bias"], expected_b / 2, rtol=1e-12)
+    model, z = TwoHeads().double(), torch.randn(6, 4, dtype=torch.float64)
+    model.train()
+    head = lambda out: out[0]  # noqa: E731
+    got = ewc.mas_importance(model, [z], output_fn=head, gradient="batch-mean")
+    assert model.training
+    model.eval()
+    out = head(model(z))
+    params = dict(model.named_parameters())
+    grads = torch.autograd.grad(out.square().mean(), list(params.values()), allow_unused=True)
+    for (name, _), g in zip(params.items(), grads, strict=True):
+        reference = torch.zeros_like(got[name]) if g is None else g.abs()
+        assert torch.allclose(got[name], reference, rtol=1e-12, atol=0), name
+    per_sample = ewc.mas_importance(model, [z], output_fn=head)
+    assert all((got[n] <= per_sample[n] + 1e-15).all() for n in got)  # |mean| ≤ mean |·|
+    with pytest.raises(ValueError, match="unknown MAS gradient 'batch'"):
+        ewc.mas_importance(model, [z], gradient="batch")
+
+
 def test_mas_penalty_has_no_half_and_sums_tasks():
     torch.manual_seed(0)
     model = nn.Linear(3, 2).double()

@@ -14,7 +14,7 @@ from ewc.fisher import (
     fisher_identities,
     kfac_fisher,
 )
-from ewc.mas import MAS, mas_importance
+from ewc.mas import MAS, MASGradient, mas_importance
 from ewc.penalties import EWC, L2, PenaltyMode, QuadraticPenalty
 from ewc.sharding import ShardMode, shard
 from ewc.strength import ConvertedStrength, StrengthConvention, convert_strength
@@ -43,6 +43,7 @@ __all__ = [
     "QuadraticPenalty",
     # siblings: importance from the training path (SI) and from the output's sensitivity (MAS)
     "MAS",
+    "MASGradient",
     "SynapticIntelligence",
     "mas_importance",
     # strength conventions

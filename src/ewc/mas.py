@@ -12,6 +12,16 @@ tasks seen and θ* the parameters at the end of the latest task.
 The absolute value is taken per sample, so the gradients cannot be summed over a batch before
 squaring as the Fisher's closed-form rules do; `mas_importance` computes per-sample gradients with
 ``torch.func`` (vmap of grad), a chunk of inputs at a time to bound the memory they take.
+
+``gradient="batch-mean"`` computes instead the variant of Hsu et al. 2018's code
+(GT-RIPL/Continual-Learning-Benchmark, ``agents/regularization.py``, ``MAS``): per batch b of the
+data as given, the gradient of the mean of f² over the batch's samples and output units, then its
+magnitude, averaged over the M batches,
+
+    Ω_i = (1/M) Σ_b | ∂ mean_{n∈b, k} f_k(x_n; θ)² / ∂θ_i |
+
+smaller than the per-sample Ω by the number of output units and by the cancellation of signs
+within a batch, so the same λ is a weaker penalty.
 """
 
 from __future__ import annotations
@@ -23,9 +33,20 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from ewc._choices import Choice
 from ewc._chunks import chunk_length
 from ewc._modes import evaluation_mode
 from ewc.penalties import QuadraticPenalty
+
+
+class MASGradient(Choice):
+    """Whose gradient's magnitude `mas_importance` averages (see the module docstring)."""
+
+    __noun__ = ("MAS gradient", "MAS gradients")
+
+    PER_SAMPLE = "per-sample"  # Aljundi et al. 2018: |∂‖f(x_n)‖²/∂θ| per input
+    BATCH_MEAN = "batch-mean"  # Hsu et al. 2018's code: |∂ mean_batch(f²)/∂θ| per batch
+
 
 #: about this many per-sample gradient entries are held at once (32 MiB in float64)
 PER_SAMPLE_ENTRIES = 2**22
@@ -38,6 +59,7 @@ def mas_importance(
     num_samples: int | None = None,
     output_fn: Callable[[Any], Tensor] | None = None,
     chunk_size: int | None = None,
+    gradient: MASGradient | str = "per-sample",
 ) -> dict[str, Tensor]:
     """MAS importance Ω_i = (1/N) Σ_n |∂ ‖f(x_n)‖²₂ / ∂θ_i| of each trainable parameter.
 
@@ -54,6 +76,9 @@ def mas_importance(
         output_fn: maps the model output to the tensor whose squared norm is taken, per sample.
         chunk_size: inputs per vmap call; default: as many as keep about ``PER_SAMPLE_ENTRIES``
             per-sample gradient entries in memory at once.
+        gradient: ``"per-sample"`` (the paper, above) or ``"batch-mean"`` (Hsu et al.'s code:
+            the magnitude of each batch's gradient of mean(f²), averaged over the batches of
+            ``data``; see the module docstring).
 
     Returns:
         Ω per trainable parameter, keyed by its ``named_parameters()`` name.
@@ -65,6 +90,8 @@ def mas_importance(
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):
         raise ValueError(f"chunk_size must be a positive integer or None; got {chunk_size!r}")
+    if MASGradient.parse(gradient) is MASGradient.BATCH_MEAN:
+        return _batch_mean_importance(model, params, data, num_samples, output_fn)
     numel = sum(p.numel() for p in params.values())
     chunk = chunk_size or chunk_length(PER_SAMPLE_ENTRIES, numel)
     per_sample = _per_sample_gradient_fn(model, params, output_fn)
@@ -81,6 +108,36 @@ def mas_importance(
     if count == 0:
         raise ValueError("data yielded no samples: the MAS importance is a mean over inputs")
     return {n: total / count for n, total in sums.items()}
+
+
+def _batch_mean_importance(
+    model: nn.Module,
+    params: dict[str, nn.Parameter],
+    data: Iterable[Any],
+    num_samples: int | None,
+    output_fn: Callable[[Any], Tensor] | None,
+) -> dict[str, Tensor]:
+    """(1/M) Σ_b |∂ mean_{n∈b,k} f_k(x_n)² / ∂θ| over the M batches of ``data`` (Hsu et al.)."""
+    names, tensors = list(params), list(params.values())
+    sums = {n: torch.zeros_like(p, requires_grad=False) for n, p in params.items()}
+    batches = 0
+    with evaluation_mode(model):
+        for inputs in _input_batches(data, tensors[0].device, num_samples):
+            output = model(inputs)
+            output = output_fn(output) if output_fn is not None else output
+            if not isinstance(output, Tensor):
+                raise TypeError(
+                    "the model output (after output_fn) must be a tensor; got "
+                    f"{type(output).__name__}"
+                )
+            grads = torch.autograd.grad(output.square().mean(), tensors, allow_unused=True)
+            for name, g in zip(names, grads, strict=True):
+                if g is not None:
+                    sums[name].add_(g.abs())
+            batches += 1
+    if batches == 0:
+        raise ValueError("data yielded no samples: the MAS importance is a mean over inputs")
+    return {n: total / batches for n, total in sums.items()}
 
 
 def _input_batches(

@@ -83,11 +83,35 @@ def test_mas_strategy_consolidates_the_mas_importance():
     assert torch.equal(twin.penalty().importance["bias"], expected["bias"])
 
 
+def test_mas_batch_mean_uses_batches_of_its_batch_size():
+    model, data = make_model(), batches()
+    x = torch.cat([inputs for inputs, _ in data])
+    asked = []
+
+    def rebatch(size):
+        asked.append(size)
+        return [x[i : i + size] for i in range(0, len(x), size)]
+
+    strategy = build_strategy("mas", {"gradient": "batch-mean", "batch_size": 4}, model)
+    ctx = TaskContext(model, 0, data, None, torch.Generator(), "adam", 1e-2, batches=rebatch)
+    strategy.after_task(ctx)
+    expected = ewc.mas_importance(model, rebatch(4), gradient="batch-mean")
+    assert asked == [4, 4]
+    assert torch.equal(strategy.penalty().importance["weight"], expected["weight"])
+    default = build_strategy("mas", {"gradient": "batch-mean"}, make_model())
+    default.after_task(ctx)
+    assert asked[-1] == 128  # MAS_BATCH_SIZE, Hsu et al.'s training batch
+
+
 def test_bad_settings_are_config_errors():
     model = make_model()
     with pytest.raises(ConfigError, match=r"strategies\.si\.damping must be positive"):
         build_strategy("si", {"damping": 0.0}, model)
     with pytest.raises(ConfigError, match=r"strategies\.mas\.samples must be at least 1"):
         build_strategy("mas", {"samples": 0}, model)
+    with pytest.raises(ConfigError, match=r"mas\.batch_size applies to gradient = 'batch-mean'"):
+        build_strategy("mas", {"batch_size": 64}, model)
+    with pytest.raises(ConfigError, match=r"strategies\.mas\.gradient = 'batch' is not one of"):
+        build_strategy("mas", {"gradient": "batch"}, model)
     with pytest.raises(ConfigError, match=r"unknown config key 'strategies\.si\.gamma'"):
         build_strategy("si", {"gamma": 0.5}, model)

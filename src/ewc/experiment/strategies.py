@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ewc.experiment.config import ConfigError, Optimizer, above, at_least, build_dataclass
 from ewc.fisher import FisherKind, diagonal_fisher, kfac_fisher
-from ewc.mas import MAS, mas_importance
+from ewc.mas import MAS, MASGradient, mas_importance
 from ewc.penalties import EWC, L2, PenaltyMode, QuadraticPenalty
 from ewc.synaptic_intelligence import SynapticIntelligence
 
@@ -164,6 +164,10 @@ class PenaltyStrategy:
 
 
 BATCHED_FISHER_BATCH_SIZE = 128
+
+#: B of MAS's ``gradient = "batch-mean"`` when ``batch_size`` is unset: Hsu et al. 2018 use the
+#: training loader, batches of 128 in their split-MNIST scripts.
+MAS_BATCH_SIZE = 128
 """B of the ``batched`` Fisher when ``fisher_batch_size`` is unset: van de Ven 2025's BATCHED
 (b = 128, the training batch of its split-MNIST protocol). λ of ``batched`` scales with about B
 (each squared batch-mean gradient is ≈ 1/B of the per-sample mean), so B is fixed here rather than
@@ -184,10 +188,15 @@ def fisher_batches(settings: EWCSettings, context: TaskContext) -> Iterable[Any]
         size = BATCHED_FISHER_BATCH_SIZE
     if size is None:
         return context.train_batches
+    return _rebatched(context, size, "fisher_batch_size")
+
+
+def _rebatched(context: TaskContext, size: int, key: str) -> Iterable[Any]:
+    """The task's training data in batches of ``size``, through ``context.batches``."""
     if context.batches is None:
         raise ValueError(
-            f"fisher_batch_size = {size} needs a TaskContext with batches=, a function from a "
-            "batch size to the task's batches; this context has none"
+            f"{key} = {size} needs a TaskContext with batches=, a function from a batch size "
+            "to the task's batches; this context has none"
         )
     return context.batches(size)
 
@@ -290,6 +299,10 @@ class MASSettings:
 
     strength: float = at_least(0.0, 1.0)  # λ; the penalty is λ Σ Ω (θ − θ*)², no 1/2
     samples: int | None = at_least(1, None)  # inputs for Ω; None: the task's whole training set
+    # "per-sample" (Aljundi et al.) or "batch-mean" (Hsu et al. 2018's code: |∂ mean(f²)/∂θ| of
+    # each batch of batch_size, averaged over the batches)
+    gradient: MASGradient = MASGradient.PER_SAMPLE
+    batch_size: int | None = at_least(1, None)  # B of "batch-mean"; default MAS_BATCH_SIZE
 
 
 class _StepTracker:
@@ -362,11 +375,16 @@ class MASStrategy:
 
     def after_task(self, context: TaskContext) -> list[str]:
         """Add the task's Ω from `ewc.mas_importance` (no labels) and anchor θ* = θ; no notes."""
+        settings = self.settings
+        batches = context.train_batches
+        if settings.gradient is MASGradient.BATCH_MEAN:
+            batches = _rebatched(context, settings.batch_size or MAS_BATCH_SIZE, "mas batch_size")
         importance = mas_importance(
             context.model,
-            context.train_batches,
-            num_samples=self.settings.samples,
+            batches,
+            num_samples=settings.samples,
             output_fn=context.output_fn,
+            gradient=settings.gradient,
         )
         self._mas.consolidate(importance)
         return []
@@ -390,6 +408,12 @@ def make_si(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
 def make_mas(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
     """``mas``: the output-sensitivity importance of Aljundi et al. (2018)."""
     settings = build_dataclass(MASSettings, params, "")
+    if settings.batch_size is not None and settings.gradient is not MASGradient.BATCH_MEAN:
+        raise ConfigError(
+            "{key} applies to gradient = 'batch-mean' only (the per-sample importance does not "
+            f"depend on batches); got {settings.batch_size}",
+            "batch_size",
+        )
     return MASStrategy(MAS(model, strength=settings.strength), settings)
 
 
