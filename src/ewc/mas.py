@@ -121,7 +121,7 @@ def _batch_mean_importance(
     names, tensors = list(params), list(params.values())
     sums = {n: torch.zeros_like(p, requires_grad=False) for n, p in params.items()}
     batches = 0
-    with evaluation_mode(model):
+    with evaluation_mode(model), torch.enable_grad():
         for inputs in _input_batches(data, tensors[0].device, num_samples):
             output = model(inputs)
             output = output_fn(output) if output_fn is not None else output
