@@ -396,13 +396,15 @@ def _check_combinations(config: RunConfig) -> None:
 
 def _check_normalize(normalize: list[float] | None) -> None:
     """``benchmark.normalize`` is None or [mean, std] with finite numbers and std > 0."""
-    if normalize is None:
-        return
-    if len(normalize) != 2 or not all(math.isfinite(v) for v in normalize) or normalize[1] <= 0:
+    from ewc.experiment.streams.benchmarks import checked_normalize
+
+    try:
+        checked_normalize(normalize)
+    except ValueError:
         raise ConfigError(
             "benchmark.normalize must be [mean, std] with finite numbers and std > 0 (e.g. "
             f"[0.1, 0.2752]); got {normalize!r}"
-        )
+        ) from None
 
 
 def _check_custom(b: BenchmarkConfig) -> None:

@@ -162,7 +162,7 @@ def build_stream(
     ):
         if value is not None:
             _check_count(value, what)
-    recipe = _Recipe(data, chosen, train_samples, test_samples, _checked_normalize(normalize))
+    recipe = _Recipe(data, chosen, train_samples, test_samples, checked_normalize(normalize))
     if kind is Benchmark.SPLIT:
         tasks = _split_tasks(recipe, num_tasks, classes_per_task)
     elif kind is Benchmark.PERMUTED:
@@ -227,7 +227,8 @@ class _Recipe:
     normalize: tuple[float, float] | None = None
 
 
-def _checked_normalize(normalize: Sequence[float] | None) -> tuple[float, float] | None:
+def checked_normalize(normalize: Sequence[float] | None) -> tuple[float, float] | None:
+    """``normalize`` as (mean, std) floats, or None; ValueError unless finite with std > 0."""
     if normalize is None:
         return None
     values = tuple(float(v) for v in normalize)
