@@ -112,6 +112,7 @@ def test_new_keys_at_their_defaults_leave_the_hash_unchanged():
             "training.drop_last=false",
             'benchmark.class_order="natural"',
             "benchmark.pad=0",
+            'benchmark.train_outputs="all"',
         ]
     ).hash()
     assert explicit == plain
@@ -182,6 +183,76 @@ def test_a_bad_normalize_is_refused_before_anything_runs(value):
         tiny_config(f"benchmark.normalize={value}")
     with pytest.raises(ValueError, match="normalize must be"):
         build_stream("split", learnable_digits(), normalize=(0.1, 0.0))
+
+
+def test_seen_class_training_selects_the_columns_of_the_tasks_so_far():
+    data = learnable_digits()
+    stream = build_stream("split", data, scenario="class", classes_per_task=3)
+    assert [t.classes for t in stream.tasks] == [(0, 1, 2), (3, 4, 5), (6, 7, 8)]
+    for t in range(3):
+        assert stream.training_output_fn(t, "all") is None
+        selected = stream.training_output_fn(t, "seen")
+        assert (selected.start, selected.stop) == (0, 3 * (t + 1))
+        targets = stream.tasks[t].train_targets  # global labels: inside the selected columns
+        assert int(targets.min()) >= 3 * t
+        assert int(targets.max()) < selected.stop
+    task_il = build_stream("split", data, scenario="task", classes_per_task=3)
+    assert task_il.training_output_fn(1, "all") == task_il.output_fn(1)
+    with pytest.raises(ValueError, match="is for class-IL; this stream is task-incremental"):
+        task_il.training_output_fn(1, "seen")
+    with pytest.raises(ValueError, match="unknown training output choice 'some'"):
+        stream.training_output_fn(0, "some")
+
+
+def test_seen_class_training_reaches_the_loss_and_the_fisher_but_not_the_evaluation(
+    tmp_path, monkeypatch
+):
+    """van de Ven's class-IL: the loss and the Fisher span the seen classes, the test all ten."""
+    from ewc.experiment import cell
+    from ewc.report import write_report
+
+    steps, fishers = [], []
+    real_step, real_context = cell.train_step, cell._context
+
+    def step(model, batch, optimizer, penalty=None, output_fn=None):
+        steps.append((output_fn.start, output_fn.stop))
+        return real_step(model, batch, optimizer, penalty=penalty, output_fn=output_fn)
+
+    def context(parts, task):
+        made = real_context(parts, task)
+        fishers.append((task, made.output_fn.start, made.output_fn.stop))
+        return made
+
+    monkeypatch.setattr(cell, "train_step", step)
+    monkeypatch.setattr(cell, "_context", context)
+    config = tiny_config(
+        "benchmark.name=split",
+        'benchmark.scenario="class"',
+        'benchmark.train_outputs="seen"',
+        'compare=["ewc"]',
+        "training.steps=3",
+    )
+    assert (
+        config.hash()
+        != tiny_config(
+            "benchmark.name=split",
+            'benchmark.scenario="class"',
+            'compare=["ewc"]',
+            "training.steps=3",
+        ).hash()
+    )
+    result = run_experiment(config, tmp_path / "run", data=learnable_digits())
+    assert steps == [(0, 2)] * 3 + [(0, 4)] * 3
+    assert fishers == [(0, 0, 2), (1, 0, 4)]
+    assert result.matrices  # evaluated over every class: the stream's output_fn is None
+    write_report(tmp_path / "run")
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "only the outputs of the classes seen so far" in report
+
+
+def test_seen_class_training_outside_class_il_is_refused_by_the_config():
+    with pytest.raises(ConfigError, match=r"benchmark\.train_outputs = 'seen' .* is for class-IL"):
+        tiny_config("benchmark.name=split", 'benchmark.train_outputs="seen"')
 
 
 class _Context:

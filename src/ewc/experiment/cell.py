@@ -31,7 +31,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from ewc._atomic import write_json_atomic
-from ewc._batches import Batch
+from ewc._batches import Batch, OutputFn
 from ewc.experiment.config import Optimizer, RunConfig
 from ewc.experiment.evaluation import Evaluator
 from ewc.experiment.model_factory import build_factory_model
@@ -324,7 +324,7 @@ def _step(parts: _Parts, scheduler: LRScheduler, batch: Batch, num_batches: int)
         batch,
         state.optimizer,
         penalty=state.strategy.penalty(),
-        output_fn=parts.stream.output_fn(position.task),
+        output_fn=_training_outputs(parts, position.task),
     )
     scheduler.step()
     position.train_s += time.perf_counter() - started
@@ -412,6 +412,11 @@ def task_budget(
     return TaskBudget(total, per_epoch, -(-total // per_epoch))
 
 
+def _training_outputs(parts: _Parts, task: int) -> OutputFn | None:
+    """The logits that training and the strategies see on ``task`` (``benchmark.train_outputs``)."""
+    return parts.stream.training_output_fn(task, parts.config.benchmark.train_outputs)
+
+
 def _context(parts: _Parts, task: int) -> TaskContext:
     """What a strategy sees after ``task``: the model, the task's data, its own generator."""
     state, training = parts.state, parts.config.training
@@ -420,7 +425,7 @@ def _context(parts: _Parts, task: int) -> TaskContext:
         task=task,
         train_batches=_batches(parts, task, training.eval_batch_size, state.strategy_generator),
         batches=functools.partial(_batches, parts, task, generator=state.strategy_generator),
-        output_fn=parts.stream.output_fn(task),
+        output_fn=_training_outputs(parts, task),
         generator=state.strategy_generator,
         optimizer=training.optimizer,
         lr=training.lr,

@@ -31,7 +31,7 @@ from ewc._choices import Choice
 from ewc.data import DatasetName, Source
 from ewc.experiment.models import ModelName
 from ewc.experiment.schedules import LrSchedule
-from ewc.experiment.streams.tasks import Benchmark, Scenario
+from ewc.experiment.streams.tasks import Benchmark, Scenario, TrainOutputs
 from ewc.fisher import FisherKind
 
 
@@ -100,6 +100,9 @@ class BenchmarkConfig:
     num_tasks: int | None = at_least(1, None)  # None: the benchmark's default
     scenario: Scenario | None = None  # None: the benchmark's default
     multi_head: bool | None = None  # one output head per task; None: True for task-IL
+    # class-IL: "seen" trains (loss, Fisher, importances) on the seen classes' outputs only, as
+    # van de Ven & Tolias 2019 do; "all": on every output (evaluation always spans all)
+    train_outputs: TrainOutputs = TrainOutputs.ALL
     classes_per_task: int = at_least(2, 2)  # split only
     class_order: ClassOrder = ClassOrder.NATURAL  # split only: natural or shuffled per seed
     pad: int = at_least(0, 0)  # zero pixels added on every side (2: 28×28 → 32×32)
@@ -200,6 +203,7 @@ UNHASHED_DEFAULTS: dict[str, dict[str, Any]] = {
         "class_order": ClassOrder.NATURAL.value,
         "pad": 0,
         "normalize": None,
+        "train_outputs": TrainOutputs.ALL.value,
     },
     "model": {"factory": None},  # your own tasks and model (ewc.experiment.factories)
 }
@@ -379,6 +383,11 @@ def _check_combinations(config: RunConfig) -> None:
         raise ConfigError(
             "benchmark.multi_head = true needs benchmark.scenario = 'task' (a head per task "
             f"means telling the model the task); got benchmark.scenario = {b.scenario.value!r}"
+        )
+    if b.train_outputs is TrainOutputs.SEEN and b.scenario is not Scenario.CLASS:
+        raise ConfigError(
+            "benchmark.train_outputs = 'seen' (train on the classes seen so far) is for "
+            f"class-IL; got benchmark.scenario = {b.scenario.value!r} (leave it at 'all')"
         )
     _check_custom(b)
     if b.class_order is not ClassOrder.NATURAL and b.name is not Benchmark.SPLIT:

@@ -102,6 +102,7 @@ def _summary(run: Run) -> tuple[Any, ...]:
         f"Model: {model_description(model)}. "
         f"Training: {_settings(section(run.config, 'training')) or MISSING}.",
         _sample_caps(benchmark),
+        _seen_outputs(benchmark),
     ]
     wall = finite((run.summary or {}).get("wall_time_s"))
     if wall is not None:
@@ -149,6 +150,17 @@ def _sample_caps(benchmark: Mapping[str, Any]) -> str:
         if isinstance(benchmark.get(key), int)
     ]
     return f" Each task keeps at most {' and '.join(caps)} samples." if caps else ""
+
+
+def _seen_outputs(benchmark: Mapping[str, Any]) -> str:
+    """A sentence when training saw only the seen classes' outputs (``train_outputs = seen``)."""
+    if benchmark.get("train_outputs") != "seen":
+        return ""
+    return (
+        " Training on each task (the loss, and each strategy's Fisher or importance) saw only the "
+        "outputs of the classes seen so far (benchmark.train_outputs = seen); the evaluation "
+        "spans every class."
+    )
 
 
 def _tasks(run: Run) -> list[Block]:

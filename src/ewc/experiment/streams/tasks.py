@@ -55,6 +55,21 @@ class Scenario(Choice):
         return f"{self.value}-incremental"
 
 
+class TrainOutputs(Choice):
+    """The outputs that training sees in class-IL (``benchmark.train_outputs``).
+
+    ``all``: every class's output, as at test time. ``seen``: only the classes of the tasks trained
+    so far, van de Ven & Tolias 2019's "active classes" (``train.py`` of their code): on task t the
+    loss's softmax, the Fisher's and every other strategy's span the columns 0 .. o_t + k_t − 1
+    (`TaskStream.training_output_fn`); evaluation still spans every class.
+    """
+
+    __noun__ = ("training output choice", "training output choices")
+
+    ALL = "all"
+    SEEN = "seen"
+
+
 class Benchmark(Choice):
     """How a data set becomes a sequence of tasks (see :mod:`ewc.experiment.streams.benchmarks`)."""
 
@@ -204,6 +219,27 @@ class TaskStream:
             start = sum(len(task.classes) for task in self.tasks[:task_index])
             return ColumnSelector(start, start + len(self.tasks[task_index].classes))
         return None
+
+    def training_output_fn(self, task_index: int, outputs: TrainOutputs) -> OutputFn | None:
+        """What maps the model output to the logits that training on ``task_index`` sees.
+
+        ``outputs = all``: `output_fn`, the task's logits as evaluated. ``seen`` (class-IL only):
+        the columns of every class of tasks 0..``task_index``, which hold the task's global
+        labels o_t .. o_t + k_t − 1 (module table).
+
+        Raises:
+            ValueError: ``seen`` in another scenario than class-IL, where the task's logits are
+                already its own (task-IL) or shared by every task (domain-IL).
+        """
+        selected = self.output_fn(task_index)
+        if TrainOutputs.parse(outputs) is TrainOutputs.ALL:
+            return selected
+        if self.scenario is not Scenario.CLASS:
+            raise ValueError(
+                "training on the seen classes only (train_outputs = 'seen') is for class-IL; "
+                f"this stream is {self.scenario.title}"
+            )
+        return ColumnSelector(0, sum(len(task.classes) for task in self.tasks[: task_index + 1]))
 
     def __repr__(self) -> str:
         subset = ", subset" if self.is_subset else ""
