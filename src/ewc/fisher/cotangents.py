@@ -124,6 +124,10 @@ def exact_vectors(p: Tensor) -> Iterator[Tensor]:
     vectors and w_c = √(p_c / p_k). Then H = V (I + w wᵀ) Vᵀ = B Bᵀ with B = V (I + α w wᵀ),
     α = 1 / (1 + √(1 + ‖w‖²)) (the square root of I + w wᵀ), i.e. b_j = v_j − α w_j v_k. One
     backward pass fewer than the C classes, exactly.
+
+    All C − 1 vectors are formed at once, as one (C − 1, N, C) tensor whose rows are yielded: the
+    same element-wise arithmetic as one vector at a time (a test checks the bits), without a
+    Python round of gathers and scatters per vector.
     """
     top = p.argmax(dim=-1)
     p_top = p.gather(1, top[:, None])
@@ -132,11 +136,19 @@ def exact_vectors(p: Tensor) -> Iterator[Tensor]:
         dim=1, keepdim=True
     )  # Σ_{c≠k} p_c, without cancellation
     alpha = 1.0 / (1.0 + (1.0 + rest / p_top).sqrt())
-    for j in range(p.shape[1] - 1):
-        others = j + (j >= top).long()  # the j-th class that is not the sample's top class
-        p_other = p.gather(1, others[:, None])
-        v_other = p_other.sqrt() * score(p, others)
-        yield v_other - alpha * (p_other / p_top).sqrt() * v_top
+    j = torch.arange(p.shape[1] - 1, device=p.device)[:, None]
+    others = (j + (j >= top).long())[..., None]  # (C − 1, N, 1): row j holds each sample's j-th
+    # class that is not its top class
+    every = p.expand(p.shape[1] - 1, *p.shape)
+    p_other = every.gather(2, others)
+    v_other = p_other.sqrt() * _scores(every, others)
+    yield from v_other - alpha * (p_other / p_top).sqrt() * v_top
+
+
+def _scores(p: Tensor, index: Tensor) -> Tensor:
+    """`score` along the last dimension of any shape: e_y − p, 1 − p_y as Σ_{c≠y} p_c."""
+    others = p.scatter(-1, index, 0.0).sum(dim=-1, keepdim=True)
+    return (-p).scatter(-1, index, others)
 
 
 def score(p: Tensor, labels: Tensor) -> Tensor:
@@ -146,6 +158,4 @@ def score(p: Tensor, labels: Tensor) -> Tensor:
     probabilities keep their small true values; summing them keeps the small Fisher entries that
     the subtraction would lose to rounding.
     """
-    index = labels[:, None]
-    others = p.scatter(1, index, 0.0).sum(dim=1, keepdim=True)
-    return (-p).scatter(1, index, others)
+    return _scores(p, labels[:, None])
