@@ -371,20 +371,19 @@ def _accumulate_batch(
     if not edges:
         return  # no planned module reached the logits in this batch
     partials = {i: Partial() for i in own}
-    for j, vector in enumerate(vectors):
-        last = j + 1 == len(vectors)
-        flat = torch.autograd.grad(
-            logits, edges, vector.to(logits.dtype), retain_graph=not last, allow_unused=True
-        )
-        grads = _split_per_call(calls, positions, flat, dtype)
-        with recorder.paused(), torch.no_grad():
-            for i, names in own.items():
+    rules = {i: (rule_for(calls[i].module), list(names)) for i, names in own.items()}
+    with recorder.paused(), torch.no_grad():  # the gradients need no graph of their own
+        for j, vector in enumerate(vectors):
+            last = j + 1 == len(vectors)
+            flat = torch.autograd.grad(
+                logits, edges, vector.to(logits.dtype), retain_graph=not last, allow_unused=True
+            )
+            grads = _split_per_call(calls, positions, flat, dtype)
+            for i, (rule, locals_) in rules.items():
                 if grads[i] is not None:
-                    rule = rule_for(calls[i].module)
-                    partials[i].add_(rule.partial(calls[i], grads[i], list(names)))
+                    partials[i].add_(rule.partial(calls[i], grads[i], locals_))
             for full, sites in shared.items():
                 _add_into(sums, {full: _shared_squares(sites, calls, grads, dtype)})
-    with recorder.paused(), torch.no_grad():
         for i, names in own.items():
             if not partials[i].is_empty:
                 finished = rule_for(calls[i].module).finalize(calls[i], partials[i], list(names))
@@ -437,10 +436,17 @@ def _split_per_call(
             grouped[i] = None
         else:
             grouped[i] = [
-                g.to(dtype) if g is not None else torch.zeros(s, dtype=dtype, device=_device(part))
+                _as_dtype(g, dtype)
+                if g is not None
+                else torch.zeros(s, dtype=dtype, device=_device(part))
                 for g, s in zip(part, call.shapes, strict=True)
             ]
     return grouped
+
+
+def _as_dtype(g: Tensor, dtype: torch.dtype) -> Tensor:
+    """``g`` in ``dtype``, without the cost of a ``.to`` call when it is already."""
+    return g if g.dtype == dtype else g.to(dtype)
 
 
 def _device(part: tuple[Tensor | None, ...]) -> torch.device:

@@ -55,14 +55,21 @@ class Partial:
         return not self.squares and self.output_squares is None
 
     def add_(self, other: Partial) -> Partial:
-        """Add ``other`` in place (the sum over cotangent vectors); returns self."""
+        """Add ``other`` in place (the sum over cotangent vectors); returns self.
+
+        The first tensors added are kept and later ones added into them, so ``other`` hands its
+        tensors over: a rule's ``partial`` returns fresh tensors, never views of its inputs.
+        """
         for name, value in other.squares.items():
-            self.squares[name] = value if name not in self.squares else self.squares[name] + value
+            if name in self.squares:
+                self.squares[name].add_(value)
+            else:
+                self.squares[name] = value
         if other.output_squares is not None:
-            current = self.output_squares
-            self.output_squares = (
-                other.output_squares if current is None else current + other.output_squares
-            )
+            if self.output_squares is None:
+                self.output_squares = other.output_squares
+            else:
+                self.output_squares.add_(other.output_squares)
         return self
 
 
@@ -76,7 +83,10 @@ class Rule:
         raise NotImplementedError
 
     def partial(self, call: ModuleCall, grads: list[Tensor], names: Sequence[str]) -> Partial:
-        """Σ_n (per-sample gradient)², computed over chunks of samples to bound memory."""
+        """Σ_n (per-sample gradient)², computed over chunks of samples to bound memory.
+
+        Every rule's ``partial`` returns fresh tensors: `Partial.add_` adds into them in place.
+        """
         return Partial(self._chunked_sums(call, grads, names, square=True))
 
     def summed(
