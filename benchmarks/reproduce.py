@@ -38,11 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     preset = presets.load(args.preset)
     runs = _planned_runs(preset, args)
     if not args.table:
-        for name, directory, overrides in runs:
-            _run(args, name, directory, overrides)
+        for name, directory, overrides, compare in runs:
+            _run(args, name, directory, overrides, compare)
     folders = [*args.also, args.out] if args.table else args.also
     extra = [d for folder in folders if folder.is_dir() for d in sorted(folder.iterdir())]
-    planned = [] if args.table else [directory for _, directory, _ in runs]
+    planned = [] if args.table else [directory for _, directory, _, _ in runs]
     print(table(preset, planned + [d for d in extra if d.is_dir()]))
     return 0
 
@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _planned_runs(preset: presets.Preset, args: argparse.Namespace) -> list[tuple]:
-    """(label, run directory, overrides) of every run, seed by seed (then λ by λ)."""
+    """(label, run directory, overrides, strategies) of every run, seed by seed (then λ by λ)."""
     seeds = args.seeds or preset.config.get("seeds", [0])
     compare = args.strategies.split(",") if args.strategies else preset.config["compare"]
     if args.grid:
@@ -90,12 +90,33 @@ def _planned_runs(preset: presets.Preset, args: argparse.Namespace) -> list[tupl
                 f"seeds=[{seed}]",
                 f"compare={json.dumps(compare)}",
             ]
-            runs.append((name, args.out / name, overrides))
+            runs.append((name, args.out / name, overrides, compare))
     return runs
 
 
-def _run(args: argparse.Namespace, name: str, directory: Path, overrides: list[str]) -> None:
-    """`ewc run` for one seed (resumed if its directory holds an unfinished run)."""
+def _run(
+    args: argparse.Namespace,
+    name: str,
+    directory: Path,
+    overrides: list[str],
+    compare: list[str],
+) -> None:
+    """`ewc run` for one seed (resumed if its directory holds an unfinished run).
+
+    Raises:
+        SystemExit: the directory holds a run of other strategies than ``compare`` (a finished
+            run would be skipped and an unfinished one resumed with its own): those go to another
+            ``--out``, which ``--also`` merges into the table.
+    """
+    config = directory / "config.json"
+    if config.is_file():
+        recorded = json.loads(config.read_text())["config"]["compare"]
+        if sorted(recorded) != sorted(compare):
+            raise SystemExit(
+                f"{name}: {directory} holds a run of {', '.join(recorded)}, not of "
+                f"{', '.join(compare)}; run them into another --out (--table merges folders "
+                "with --also)"
+            )
     if (directory / "summary.json").is_file():
         print(f"{name}: done already", flush=True)
         return

@@ -150,3 +150,10 @@ def test_the_reproduction_script_tabulates_finished_cells(tmp_path, capsys):
     assert "| ewc-batched | 1e+11 | 99.11 ± 0.16 |" in printed
     (acc,) = [entry["acc"] for entry in results[("ewc-batched", "1e+11")]]
     assert f"| seed0: {acc:.2f} |" in printed  # the cell's seed (not the folder's name), in %
+    (tmp_path / "out" / "seed7-ewc-batched-1e+11").rename(tmp_path / "out" / "seed7")
+    (tmp_path / "out" / "seed7" / "summary.json").write_text("{}")  # finished
+    seed7 = ["vandeven2025-split-mnist", "--seeds", "7", "--out", str(tmp_path / "out")]
+    assert reproduce.main([*seed7, "--strategies", "ewc-batched,finetune"]) == 0
+    assert "seed7: done already" in capsys.readouterr().out  # the same strategies: kept
+    with pytest.raises(SystemExit, match=r"holds a run of finetune, ewc-batched, not of finetune;"):
+        reproduce.main([*seed7, "--strategies", "finetune"])  # would have been skipped
