@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ewc.fisher import cotangents
 from ewc.fisher.cotangents import exact_vectors, score
 
 
@@ -41,7 +42,9 @@ def test_the_vectors_outer_products_sum_to_the_softmax_hessian(n, c, scale):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("scale", [0.1, 3.0, 40.0])
-def test_all_vectors_at_once_have_the_bits_of_one_at_a_time(dtype, scale):
+@pytest.mark.parametrize("block_entries", [2**20, 256 * 10 * 4, 1])  # 9, 4 or 1 per block
+def test_vectors_in_blocks_have_the_bits_of_one_at_a_time(dtype, scale, block_entries, monkeypatch):
+    monkeypatch.setattr(cotangents, "VECTOR_BLOCK_ENTRIES", block_entries)
     p = _probabilities(256, 10, scale, dtype)
     together = list(exact_vectors(p))
     alone = _one_at_a_time(p)
@@ -49,3 +52,14 @@ def test_all_vectors_at_once_have_the_bits_of_one_at_a_time(dtype, scale):
     for a, b in zip(together, alone, strict=True):
         assert a.is_contiguous()
         assert torch.equal(a, b)
+
+
+def test_a_large_vocabulary_is_formed_a_few_vectors_at_a_time(monkeypatch):
+    """50,000 classes: never a (C − 1, N, C) tensor, only blocks of the budget's size."""
+    monkeypatch.setattr(cotangents, "VECTOR_BLOCK_ENTRIES", 3 * 2 * 50_000)
+    p = _probabilities(2, 50_000, 1.0, torch.float32)
+    vectors = exact_vectors(p)
+    first = next(vectors)
+    assert first.shape == (2, 50_000)
+    assert first._base is not None  # a row of its block
+    assert first._base.shape == (3, 2, 50_000)

@@ -22,6 +22,9 @@ from torch import Tensor
 
 from ewc.fisher.kinds import FisherKind
 
+#: about this many numbers in one block of `exact_vectors` (4 MiB in float32)
+VECTOR_BLOCK_ENTRIES = 2**20
+
 
 def score_vectors(
     logits: Tensor,
@@ -125,9 +128,10 @@ def exact_vectors(p: Tensor) -> Iterator[Tensor]:
     α = 1 / (1 + √(1 + ‖w‖²)) (the square root of I + w wᵀ), i.e. b_j = v_j − α w_j v_k. One
     backward pass fewer than the C classes, exactly.
 
-    All C − 1 vectors are formed at once, as one (C − 1, N, C) tensor whose rows are yielded: the
-    same element-wise arithmetic as one vector at a time (a test checks the bits), without a
-    Python round of gathers and scatters per vector.
+    The vectors are formed in blocks, each a (J, N, C) tensor of J vectors whose rows are yielded
+    (J such that a block holds about `VECTOR_BLOCK_ENTRIES` numbers: all C − 1 at once for ten
+    classes, a few at a time for a vocabulary): the same element-wise arithmetic as one vector at
+    a time (a test checks the bits), without a Python round of gathers and scatters per vector.
     """
     top = p.argmax(dim=-1)
     p_top = p.gather(1, top[:, None])
@@ -136,13 +140,16 @@ def exact_vectors(p: Tensor) -> Iterator[Tensor]:
         dim=1, keepdim=True
     )  # Σ_{c≠k} p_c, without cancellation
     alpha = 1.0 / (1.0 + (1.0 + rest / p_top).sqrt())
-    j = torch.arange(p.shape[1] - 1, device=p.device)[:, None]
-    others = (j + (j >= top).long())[..., None]  # (C − 1, N, 1): row j holds each sample's j-th
-    # class that is not its top class
-    every = p.expand(p.shape[1] - 1, *p.shape)
-    p_other = every.gather(2, others)
-    v_other = p_other.sqrt() * _scores(every, others)
-    yield from v_other - alpha * (p_other / p_top).sqrt() * v_top
+    count = p.shape[1] - 1
+    block = max(1, VECTOR_BLOCK_ENTRIES // max(1, p.numel()))
+    for start in range(0, count, block):
+        j = torch.arange(start, min(start + block, count), device=p.device)[:, None]
+        others = (j + (j >= top).long())[..., None]  # (J, N, 1): row j holds each sample's j-th
+        # class that is not its top class
+        every = p.expand(j.shape[0], *p.shape)
+        p_other = every.gather(2, others)
+        v_other = p_other.sqrt() * _scores(every, others)
+        yield from v_other - alpha * (p_other / p_top).sqrt() * v_top
 
 
 def _scores(p: Tensor, index: Tensor) -> Tensor:
