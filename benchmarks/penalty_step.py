@@ -8,6 +8,11 @@ for 1, 5, 10 and 50 consolidated tasks, on four paths:
 - ``attach``: a loop of your own (``zero_grad; loss.backward(); step``) with
   ``penalty.attach(optimizer)``, against the same loop without the hook;
 - ``loss + penalty()``: the same loop with the penalty added to the loss (autograd path);
+- ``add_gradient_()``: the same loop calling ``penalty.add_gradient_()`` after the backward, which
+  also returns the value (four element-wise passes; ``attach`` skips the value: two);
+- ``floor: Ω once``: the same loop adding ``0 · Ω`` into ``.grad`` after the backward: one pass
+  that reads Ω, a lower bound for any penalty gradient added after the backward (it must read Ω
+  and θ̄ too), printed once per task count (it does not depend on the mode);
 - the same three in ``online`` mode, and the K-FAC penalty (`ewc.kfac_fisher`) through
   ``attach`` for ``--kfac-tasks`` (default 1 and 5): it keeps one Kronecker term per task,
   exactly, so its cost grows with the tasks (G Δ A of the 784-input layer alone is about twice
@@ -40,13 +45,27 @@ from ewc.training import train_step
 from fisher_speed import Timer, batches, mnist, use_thread_clock, with_steady_malloc
 
 
-def own_loop(model: nn.Module, opt: torch.optim.Optimizer, data: list, penalty=None) -> None:
+def own_loop(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    data: list,
+    penalty=None,
+    after_backward: Callable[[], object] | None = None,
+) -> None:
     """The loop a user writes: task loss (plus ``penalty()`` if given), backward, step."""
     for x, y in data:
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
         (loss if penalty is None else loss + penalty()).backward()
+        if after_backward is not None:
+            after_backward()
         opt.step()
+
+
+@torch.no_grad()
+def read_importance_once(model: nn.Module, importance: list[torch.Tensor]) -> None:
+    """``.grad += 0 · Ω``: one element-wise pass over Ω and ``.grad``, the floor's work."""
+    torch._foreach_add_([p.grad for p in model.parameters()], importance, alpha=0.0)
 
 
 def consolidated(model: nn.Module, fisher, tasks: int, mode: str) -> ewc.EWC:
@@ -89,9 +108,18 @@ def measure(data: list, tasks_list: list[int], kfac_tasks: list[int], repeats: i
                     lambda p=penalty: attached(opt, p, lambda: own_loop(model, opt, data)),
                 ),
                 "loss + penalty()": (loop_timer, lambda p=penalty: own_loop(model, opt, data, p)),
+                "add_gradient_()": (
+                    loop_timer,
+                    lambda p=penalty: own_loop(model, opt, data, after_backward=p.add_gradient_),
+                ),
             }
             for path, (timer, run) in paths.items():
                 rows.append(_row(path, mode, tasks, timer.ratio(run)))
+        importance = list(consolidated(model, diagonal, tasks, "separate").importance.values())
+        floor = lambda o=importance: own_loop(  # noqa: E731
+            model, opt, data, after_backward=lambda: read_importance_once(model, o)
+        )
+        rows.append(_row("floor: Ω once", "-", tasks, loop_timer.ratio(floor)))
         if tasks not in kfac_tasks:
             continue
         kfac_penalty = consolidated(model, kfac, tasks, "separate")

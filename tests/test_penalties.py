@@ -297,6 +297,48 @@ def test_attach_rejects_what_is_not_an_optimizer(model):
         ewc.EWC(model, strength=1.0).attach([])
 
 
+@pytest.mark.parametrize("mode", ["separate", "online"])
+def test_add_gradient_without_the_value_adds_the_same_gradient(model, mode):
+    """The two-pass path of `attach` (Δ, then .grad += λ Ω Δ) against autograd, in float64."""
+    gamma = 0.9 if mode == "online" else 1.0
+    penalty = ewc.EWC(model, strength=3.0, mode=mode, gamma=gamma)
+    terms = []  # (F_t, θ_t); online: one term, Ω = Σ_t γ^(T−t) F_t at the latest θ*
+    for t in range(3):
+        move(model, t)
+        fisher = random_fisher(model, t)
+        penalty.consolidate(fisher)
+        if mode == "online" and terms:
+            omega, _ = terms.pop()
+            fisher = {n: gamma * omega[n] + fisher[n] for n in omega}
+        terms.append((dict(fisher), snapshot(model)))
+    move(model, 7)
+    expected = grads_of(model, closed_form(model, terms, 3.0))
+    model.zero_grad(set_to_none=True)
+    assert penalty.add_gradient_(value=False) is None  # .grad is None: set, not added
+    for p, g in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=1e-14)
+    assert penalty.add_gradient_(value=False) is None  # now added onto what is there
+    for p, g in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, 2 * g, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_add_gradient_without_the_value_casts_into_half_precision_grads(model, dtype):
+    """Ω and θ̄ stay float32 for half parameters; both paths round once into .grad's dtype."""
+    penalty = ewc.EWC(model, strength=3.0)
+    penalty.consolidate(random_fisher(model, 0))
+    move(model, 1)
+    model.to(dtype)
+    grads = {}
+    for value in (True, False):
+        model.zero_grad(set_to_none=True)
+        penalty.add_gradient_(value=value)
+        assert all(p.grad.dtype == dtype for p in model.parameters())
+        grads[value] = [p.grad.float() for p in model.parameters()]
+    for a, b in zip(grads[True], grads[False], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)
+
+
 def test_add_gradient_never_hands_out_its_work_buffers(model):
     penalty = ewc.EWC(model, strength=2.0)
     penalty.consolidate(random_fisher(model, 0))

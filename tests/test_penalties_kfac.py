@@ -72,10 +72,12 @@ def test_value_and_gradient_match_the_dense_quadratic_form():
     value.backward()
     for p, g in zip(model.parameters(), expected_grads, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=1e-14)
-    model.zero_grad()
-    penalty.add_gradient_()
-    for p, g in zip(model.parameters(), expected_grads, strict=True):
-        torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=1e-14)
+    for value in (True, False):  # False (the attach hook) falls back to the Kronecker path
+        model.zero_grad()
+        returned = penalty.add_gradient_(value=value)
+        assert (returned is None) is not value
+        for p, g in zip(model.parameters(), expected_grads, strict=True):
+            torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=1e-14)
 
 
 def test_separate_mode_is_the_sum_of_the_tasks_terms():

@@ -153,27 +153,46 @@ class QuadraticPenalty:
     __call__ = penalty
 
     @torch.no_grad()
-    def add_gradient_(self) -> Tensor:
+    def add_gradient_(self, *, value: bool = True) -> Tensor | None:
         """Add the penalty's gradient λ Ω (θ − θ̄) straight into each parameter's ``.grad``.
 
         Equivalent to ``penalty().backward()`` after the task loss's backward, without going
-        through autograd at all. Returns the penalty's (detached) value.
+        through autograd at all. Returns the penalty's (detached) value, or None when ``value``
+        is False.
 
-        Four element-wise passes per parameter, whatever the number of consolidated tasks:
-        Δ = θ − θ̄ and w = Ω Δ into buffers kept between steps, the value's Σ w Δ, and
-        ``.grad += 2hλ w`` (one fused multiply-add: the scale is never a pass of its own).
+        With the value, four element-wise passes per parameter, whatever the number of
+        consolidated tasks: Δ = θ − θ̄ and w = Ω Δ into buffers kept between steps, the value's
+        Σ w Δ, and ``.grad += 2hλ w`` (one fused multiply-add: the scale is never a pass of its
+        own). Without it (the `attach` hook, which has no use for it) two: Δ = θ − θ̄, then
+        ``.grad += 2hλ Ω Δ`` in one fused multiply-add that reads Ω where it is added (Kronecker
+        terms, whose gradient is not element-wise, take the four-pass path).
         """
         if not self._params:
-            return torch.zeros(())
+            return torch.zeros(()) if value else None
         params = list(self._params.values())
-        value, weighted = self._value_and_weighted(params, self._work_buffers(params))
+        if not value and not self._kronecker.terms:
+            self._add_gradient_only(params)
+            return None
+        total, weighted = self._value_and_weighted(params, self._work_buffers(params))
         scale = self._gradient_scale()
         for param, w in zip(params, weighted, strict=True):
             if param.grad is None:
                 param.grad = torch.mul(w, scale).to(param.dtype)
             else:
                 param.grad.add_(w, alpha=scale)
-        return value
+        return total if value else None
+
+    def _add_gradient_only(self, params: list[nn.Parameter]) -> None:
+        """``.grad += 2hλ Ω (θ − θ̄)`` in two passes: the difference, then one fused addcmul."""
+        differences, _ = self._work_buffers(params)
+        scale = self._gradient_scale()
+        for (name, param), difference in zip(self._params.items(), differences, strict=True):
+            importance = self._importance[name]
+            torch.sub(param, self._anchor[name], out=difference)
+            if param.grad is None:
+                param.grad = torch.mul(difference, importance).mul_(scale).to(param.dtype)
+            else:
+                param.grad.addcmul_(difference, importance, value=scale)
 
     def attach(self, optimizer: torch.optim.Optimizer) -> RemovableHandle:
         """Add the penalty's gradient into ``.grad`` before every ``optimizer.step()``.
@@ -387,7 +406,7 @@ class _StepHook:
         self.penalty = penalty
 
     def __call__(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self.penalty.add_gradient_()
+        self.penalty.add_gradient_(value=False)  # the step has no use for the value
 
 
 class EWC(QuadraticPenalty):
