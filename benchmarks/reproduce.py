@@ -3,7 +3,9 @@
 Each (seed, λ) is its own run directory under ``--out``, so a run killed after some seeds keeps
 them, and ``--resume`` (the default when the directory exists) continues the unfinished ones
 with ``ewc run --resume``. The table puts our ACC (mean ± SEM over the finished seeds) beside the
-published number of the preset's ``[preset.published]``:
+published number of the preset's ``[preset.published]``, when the runs saw the preset's own data
+set in full (a ``benchmark.dataset`` override or a subset leaves the published column empty, and
+folders of different data are refused rather than averaged):
 
     python benchmarks/reproduce.py vandeven2025-split-mnist --seeds 0-4 \\
         --strategies finetune,ewc-exact,ewc-empirical,ewc-batched \\
@@ -131,10 +133,29 @@ def _run(
 
 
 def table(preset: presets.Preset, directories: list[Path]) -> str:
-    """Markdown: per strategy (and λ), published, ours (mean ± SEM, n), wall time per seed."""
+    """Markdown: per strategy (and λ), published, ours (mean ± SEM, n), wall time per seed.
+
+    The published numbers stand beside ours only for runs on the preset's own data set, full
+    (not on a subset, nor with ``benchmark.dataset`` overridden). The runs of one table must all
+    have seen the same data: folders of other data are refused, not averaged in.
+
+    Raises:
+        SystemExit: the folders hold runs on different data.
+    """
     results = collect(directories)
+    data = {entry["data"] for cells in results.values() for entry in cells}
+    if len(data) > 1:
+        raise SystemExit(
+            "these folders hold runs on different data ("
+            + "; ".join(sorted(_data_label(d) for d in data))
+            + "): table each data set on its own"
+        )
+    (seen,) = data or {None}
+    comparable = seen is None or (seen[0] == preset.config["benchmark"]["dataset"] and not seen[1])
     lines = [
-        f"preset {preset.name} (v{preset.version})",
+        f"preset {preset.name} (v{preset.version})"
+        + ("" if seen is None else f", data: {_data_label(seen)}")
+        + ("" if comparable else "; the published numbers are for other data and are left out"),
         "| strategy | λ | published ACC | ours ACC (mean ± SEM, n) | training + Fisher s/seed "
         "| ACC per seed |",
         "|---|---|---|---|---|---|",
@@ -147,14 +168,16 @@ def table(preset: presets.Preset, directories: list[Path]) -> str:
             f"{c['seed']}: {c['acc']:.2f}" for c in sorted(cells, key=lambda c: c["seed_number"])
         )
         lines.append(
-            f"| {name} | {strength} | {_published(preset, name)} | {_mean_sem(accs)} "
+            f"| {name} | {strength} | {_published(preset, name) if comparable else '—'} "
+            f"| {_mean_sem(accs)} "
             f"(n={len(accs)}) | {wall} | {per_seed} |"
         )
     return "\n".join(lines)
 
 
 def collect(directories: list[Path]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """(strategy, λ) → [{"acc" (%), "seconds", "seed"}] of every cell that trained all its tasks.
+    """(strategy, λ) → [{"acc" (%), "seconds", "seed", "data"}] of every cell that trained all its
+    tasks; "data" is (data set, subset?, fingerprint) from the run's ``config.json``.
 
     A cell counts once its event log holds every task's row, even if its run was stopped before
     ``summary.json`` was written (a run of several strategies killed after the first); its wall
@@ -164,7 +187,9 @@ def collect(directories: list[Path]) -> dict[tuple[str, str], list[dict[str, Any
     for directory in directories:
         if not (directory / "config.json").is_file():
             continue
-        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))["config"]
+        recorded = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        config, data = recorded["config"], recorded.get("data", {})
+        seen = (data.get("dataset"), bool(data.get("is_subset")), data.get("fingerprint"))
         summary_path = directory / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         for events in sorted((directory / "cells").glob("*/events.jsonl")):
@@ -180,6 +205,7 @@ def collect(directories: list[Path]) -> dict[tuple[str, str], list[dict[str, Any
                 "seconds": seconds,
                 "seed": seed,
                 "seed_number": int(seed.removeprefix("seed")),
+                "data": seen,
             }
             label = f"{strength:g}" if strength is not None else "—"
             results.setdefault((name, label), []).append(entry)
@@ -194,6 +220,12 @@ def _task_rows(path: Path) -> list[list[float]]:
         if event.get("event") == "task_end":
             rows[event["task"]] = event["accuracies"]
     return [rows[k] for k in sorted(rows)] if list(rows) == list(range(len(rows))) else []
+
+
+def _data_label(data: tuple[str | None, bool, str | None]) -> str:
+    """``fashion-mnist``, ``mnist (subset)``, with the fingerprint's first digits."""
+    dataset, subset, fingerprint = data
+    return f"{dataset}{' (subset)' if subset else ''} [{(fingerprint or '?')[:8]}]"
 
 
 def _published(preset: presets.Preset, name: str) -> str:

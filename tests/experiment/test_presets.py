@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -141,7 +142,21 @@ def test_the_reproduction_script_tabulates_finished_cells(tmp_path, capsys):
         e["acc"] for e in results[("finetune", "—")]
     ]
     text = reproduce.table(preset, [tmp_path / "seed0"])
+    assert "the published numbers are for other data and are left out" in text  # a subset
+    assert "| finetune | — | — |" in text
+    recorded = json.loads((tmp_path / "seed0" / "config.json").read_text())
+    assert recorded["data"]["is_subset"]
+    recorded["data"]["is_subset"] = False  # as if on the full MNIST the preset names
+    (tmp_path / "seed0" / "config.json").write_text(json.dumps(recorded))
+    text = reproduce.table(preset, [tmp_path / "seed0"])
     assert "| finetune | — | 85.41 ± 0.88 |" in text
+    other = tmp_path / "fashion"
+    shutil.copytree(tmp_path / "seed0", other)
+    recorded["data"]["dataset"] = "fashion-mnist"
+    (other / "config.json").write_text(json.dumps(recorded))
+    assert "| finetune | — | — |" in reproduce.table(preset, [other])  # another data set
+    with pytest.raises(SystemExit, match=r"different data \(fashion-mnist .*; mnist .*\)"):
+        reproduce.table(preset, [tmp_path / "seed0", other])  # never averaged together
     (tmp_path / "out").mkdir()
     (tmp_path / "seed0").rename(tmp_path / "out" / "seed7-ewc-batched-1e+11")  # a grid's name
     out = ["--table", "--out", str(tmp_path / "out")]
