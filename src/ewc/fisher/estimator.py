@@ -13,7 +13,8 @@ numerically (`ewc.fisher.verify`). Gradients are cast to at least float32 before
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -373,11 +374,9 @@ def _accumulate_batch(
     partials = {i: Partial() for i in own}
     rules = {i: (rule_for(calls[i].module), list(names)) for i, names in own.items()}
     with recorder.paused(), torch.no_grad():  # the gradients need no graph of their own
-        for j, vector in enumerate(vectors):
-            last = j + 1 == len(vectors)
-            flat = torch.autograd.grad(
-                logits, edges, vector.to(logits.dtype), retain_graph=not last, allow_unused=True
-            )
+        for flat in _vector_gradients(
+            logits, edges, vectors, _batches_vectors(calls, positions, len(vectors))
+        ):
             grads = _split_per_call(calls, positions, flat, dtype)
             for i, (rule, locals_) in rules.items():
                 if grads[i] is not None:
@@ -388,6 +387,54 @@ def _accumulate_batch(
             if not partials[i].is_empty:
                 finished = rule_for(calls[i].module).finalize(calls[i], partials[i], list(names))
                 _add_into(sums, {names[local]: value for local, value in finished.items()})
+
+
+#: At most this many numbers in the gradients of one batched backward over all vectors.
+BATCHED_BACKWARD_ENTRIES = 2**24
+
+
+def _batches_vectors(calls: list[ModuleCall], positions: list[int], vectors: int) -> bool:
+    """Whether the vectors go through one batched backward rather than one backward each.
+
+    Only where every planned call is a Linear on (N, features) inputs, where one product of V·N
+    rows beats V products of N rows (benchmarks/README.md; through convolutions it is slower, so
+    they keep the loop), and the V gradients fit `BATCHED_BACKWARD_ENTRIES`.
+    """
+    if vectors < 2:
+        return False
+    if not all(type(calls[i].module) is nn.Linear and calls[i].input.dim() == 2 for i in positions):
+        return False
+    entries = sum(math.prod(shape) for i in positions for shape in calls[i].shapes)
+    return vectors * entries <= BATCHED_BACKWARD_ENTRIES
+
+
+def _vector_gradients(
+    logits: Tensor, edges: list, vectors: list[Tensor], batched: bool
+) -> Iterator[tuple[Tensor | None, ...]]:
+    """Per vector v, the gradients of ⟨v, logits⟩ at ``edges`` (None where not reached).
+
+    ``batched``: all at once, ``torch.autograd.grad(..., is_grads_batched=True)`` (a vmap over
+    the backward graph), then split; else, or when the vmap cannot go through the graph (an
+    `torch.autograd.Function` without vmap support raises), one backward per vector. The batched
+    call keeps the graph, so that the loop can still run after it fails.
+    """
+    if batched:
+        stacked = torch.stack(vectors).to(logits.dtype)
+        try:
+            flat = torch.autograd.grad(
+                logits, edges, stacked, retain_graph=True, is_grads_batched=True, allow_unused=True
+            )
+        except RuntimeError:
+            flat = None
+        if flat is not None:
+            for j in range(len(vectors)):
+                yield tuple(None if g is None else g[j] for g in flat)
+            return
+    for j, vector in enumerate(vectors):
+        last = j + 1 == len(vectors)
+        yield torch.autograd.grad(
+            logits, edges, vector.to(logits.dtype), retain_graph=not last, allow_unused=True
+        )
 
 
 def owner_plan(calls: list[ModuleCall], params: dict[str, nn.Parameter]) -> Plan:
