@@ -414,9 +414,10 @@ def _vector_gradients(
     """Per vector v, the gradients of ⟨v, logits⟩ at ``edges`` (None where not reached).
 
     ``batched``: all at once, ``torch.autograd.grad(..., is_grads_batched=True)`` (a vmap over
-    the backward graph), then split; else, or when the vmap cannot go through the graph (an
-    `torch.autograd.Function` without vmap support raises), one backward per vector. The batched
-    call keeps the graph, so that the loop can still run after it fails.
+    the backward graph), then split; else, or when the vmap cannot go through the graph (a
+    backward with data-dependent Python control flow, such as a custom `torch.autograd.Function`
+    that checks its gradient, raises), one backward per vector. The batched call keeps the graph,
+    so that the loop can still run after it fails.
     """
     if batched:
         stacked = torch.stack(vectors).to(logits.dtype)
