@@ -1,7 +1,7 @@
 """What a training step with the EWC penalty costs, as a ratio to the same step without it.
 
 MLP 784-400-400-10, batch 128, plain SGD (the cheapest step, so the penalty's share is largest),
-for 1, 5, 10 and 50 consolidated tasks, on four paths:
+for 1, 5, 10 and 50 consolidated tasks, on these paths:
 
 - ``train_step``: `ewc.train_step` / `ewc.train_epoch` with ``penalty=`` (it calls `add_gradient_`
   after the task loss's backward), against `ewc.train_step` without a penalty;
@@ -13,7 +13,7 @@ for 1, 5, 10 and 50 consolidated tasks, on four paths:
 - ``floor: Ω once``: the same loop adding ``0 · Ω`` into ``.grad`` after the backward: one pass
   that reads Ω, a lower bound for any penalty gradient added after the backward (it must read Ω
   and θ̄ too), printed once per task count (it does not depend on the mode);
-- the same three in ``online`` mode, and the K-FAC penalty (`ewc.kfac_fisher`) through
+- the first four in ``online`` mode, and the K-FAC penalty (`ewc.kfac_fisher`) through
   ``attach`` for ``--kfac-tasks`` (default 1 and 5): it keeps one Kronecker term per task,
   exactly, so its cost grows with the tasks (G Δ A of the 784-input layer alone is about twice
   the step's multiply-adds per task).
