@@ -385,8 +385,8 @@ def _accumulate_batch(
                 _add_into(sums, {full: _shared_squares(sites, calls, grads, dtype)})
         for i, names in own.items():
             if not partials[i].is_empty:
-                totals = {local: sums[full] for local, full in names.items()}
-                rule_for(calls[i].module).finalize(calls[i], partials[i], list(names), totals)
+                finished = rule_for(calls[i].module).finalize(calls[i], partials[i], list(names))
+                _add_into(sums, {names[local]: value for local, value in finished.items()})
 
 
 #: At most this many numbers in the gradients of one batched backward over all vectors.

@@ -6,8 +6,7 @@ whose gradient is squared. Rules work in two steps so that a layer can sum over 
 vectors of the exact Fisher before doing its expensive product:
 
 - ``partial(call, grads, names)`` → a `Partial`, *additive over cotangent vectors*;
-- ``finalize(call, partial, names, totals)`` adds Σ_n (per-sample gradient)² into
-  ``totals[local parameter name]``, in place (a running sum over batches).
+- ``finalize(call, partial, names)`` → {local parameter name: Σ_n (per-sample gradient)²}.
 
 Every rule also provides ``per_sample(call, grads, names)`` → {name: tensor (N, *param.shape)}, the
 obviously-correct form, used when a parameter is shared by several calls (the per-sample
@@ -111,11 +110,10 @@ class Rule:
         return totals
 
     def finalize(
-        self, call: ModuleCall, partial: Partial, names: Sequence[str], totals: dict[str, Tensor]
-    ) -> None:
-        """Add the accumulated ``partial``, Σ_n (per-sample gradient)², into ``totals[name]``."""
-        for name, value in partial.squares.items():
-            totals[name].add_(value)
+        self, call: ModuleCall, partial: Partial, names: Sequence[str]
+    ) -> dict[str, Tensor]:
+        """Turn the accumulated ``partial`` into {name: Σ_n (per-sample gradient)²}."""
+        return partial.squares
 
 
 def sum_except(tensor: Tensor, keep_last: int) -> Tensor:

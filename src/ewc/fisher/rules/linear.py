@@ -66,18 +66,18 @@ class LinearRule(Rule):
         return Partial(output_squares=grads[0].square())
 
     def finalize(
-        self, call: ModuleCall, partial: Partial, names: Sequence[str], totals: dict[str, Tensor]
-    ) -> None:
-        """Add (G²)ᵀ (A²) (O, I) into the weight's total and Σ_n G² (O,) into the bias's.
+        self, call: ModuleCall, partial: Partial, names: Sequence[str]
+    ) -> dict[str, Tensor]:
+        """Turn the summed G² into (G²)ᵀ (A²) (O, I) for the weight and Σ_n G² (O,) for the bias.
 
-        The product accumulates straight into the running total (``addmm_``): no (O, I) temporary
-        and no separate pass to add it. A partial from the chunked default is already final.
+        A partial from the chunked default is already final and is returned as it is.
         """
         g2 = partial.output_squares
         if g2 is None:
-            super().finalize(call, partial, names, totals)
-            return
+            return partial.squares
+        out = {}
         if "weight" in names:
-            totals["weight"].addmm_(g2.T, call.input.to(g2.dtype).square())
+            out["weight"] = g2.T @ call.input.to(g2.dtype).square()
         if "bias" in names:
-            totals["bias"].add_(g2.sum(0))
+            out["bias"] = g2.sum(0)
+        return out
