@@ -152,7 +152,7 @@ def hand_written_empirical(layers: list[nn.Module], data: Batches) -> list[Tenso
     """The floor of a per-sample Fisher: the empirical one written out for a chain of Linears.
 
     Per batch, one forward, one backward of the summed loss to each Linear's output G, and
-    Σ_n (∂ℓ_n/∂W)² = (G²)ᵀ (A²) added by ``addmm_``: the arithmetic of our estimator with
+    Σ_n (∂ℓ_n/∂W)² = (G²)ᵀ (A²) added to the running sum: the arithmetic of our estimator with
     none of its generality (no hooks, no graph or numeric checks, no label or finiteness
     checks, no other kinds). Biases are left out; they are a sum over the batch.
     """
@@ -170,7 +170,7 @@ def hand_written_empirical(layers: list[nn.Module], data: Batches) -> list[Tenso
         grads = torch.autograd.grad(F.cross_entropy(h, y, reduction="sum"), outputs)
         with torch.no_grad():
             for total, g, a in zip(sums, grads, inputs, strict=True):
-                total.addmm_(g.square().T, a.square())
+                total.add_(g.square().T @ a.square())
     return sums
 
 
