@@ -162,12 +162,12 @@ def hand_written_empirical(layers: list[nn.Module], data: Batches) -> list[Tenso
     for x, y in data:
         inputs, outputs, h = [], [], x
         for m in layers:
-            if isinstance(m, nn.Linear):
+            linear = isinstance(m, nn.Linear)
+            if linear:
                 inputs.append(h)
-                h = m(h)
+            h = m(h)
+            if linear:
                 outputs.append(h)
-            else:
-                h = m(h)
         grads = torch.autograd.grad(F.cross_entropy(h, y, reduction="sum"), outputs)
         with torch.no_grad():
             for total, g, a in zip(sums, grads, inputs, strict=True):
