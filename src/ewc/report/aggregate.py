@@ -21,7 +21,7 @@ from ewc.report.text import section
 
 @dataclass(frozen=True)
 class Stat:
-    """Mean and standard error of the mean of ``n`` values (``sem`` is None when n = 1)."""
+    """Mean and standard error of the mean of ``n`` values (``sem``: None if n = 1 or unknown)."""
 
     mean: float
     sem: float | None
@@ -36,6 +36,7 @@ class Curve:
     steps: tuple[int, ...]
     mean: tuple[float, ...]
     sem: tuple[float | None, ...]
+    n: tuple[int, ...]  # seeds averaged at each step
 
 
 @dataclass(frozen=True)
@@ -60,16 +61,45 @@ def mean_sem(values: Iterable[float | None]) -> Stat | None:
     return Stat(mean, None if math.isnan(sem) else sem, len(present))
 
 
+def averaged_seed_runs(run: Run, strategy: str) -> list[SeedRun]:
+    """The seeds of ``strategy`` that the report's means average: all but those that diverged.
+
+    summary.json leaves a diverged seed out of every metric and matrix; the report's curves and
+    matrices of a run still in progress leave it out too, so that no mean mixes it in before its
+    divergence and drops it after (the report's problems list names it).
+    """
+    diverged = {d.seed for d in run.divergences if d.strategy == strategy}
+    return [pair for pair in run.seed_runs(strategy) if pair.seed not in diverged]
+
+
 def mean_matrix(run: Run, strategy: str) -> Matrix:
     """The seed-mean R of ``strategy``: summary.json's if it has one, else the seeds' mean."""
     matrices = section(run.summary, "matrices")
     from_summary = _summary_matrix(matrices.get(strategy), run.num_tasks)
     if from_summary is not None:
         return from_summary
-    per_seed = [as_matrix(pair.rows, run.num_tasks) for pair in run.seed_runs(strategy)]
+    per_seed = [as_matrix(pair.rows, run.num_tasks) for pair in averaged_seed_runs(run, strategy)]
     if not per_seed:
         return as_matrix({}, run.num_tasks)
     return [tuple(row) for row in seed_mean_matrix(per_seed)]
+
+
+def matrix_seed_counts(run: Run, strategy: str) -> tuple[int, ...]:
+    """How many seeds each row of :func:`mean_matrix` averages, rows 0 (untrained) to T.
+
+    summary.json's matrix averages the seeds with a complete matrix, as many as its ACC values;
+    without it, row i averages the seeds (diverged ones left out) that have reached row i, so the
+    count can fall from row to row while a run is in progress.
+    """
+    rows = range(run.num_tasks + 1)
+    matrices = section(run.summary, "matrices")
+    if _summary_matrix(matrices.get(strategy), run.num_tasks) is not None:
+        acc = section(section(run.summary, "strategies"), strategy).get("ACC")
+        values = acc.get("values") if isinstance(acc, dict) else None
+        n = len(values) if isinstance(values, list) else 0
+        return tuple(n for _ in rows)
+    per_seed = [as_matrix(pair.rows, run.num_tasks) for pair in averaged_seed_runs(run, strategy)]
+    return tuple(sum(any(v is not None for v in m[i]) for m in per_seed) for i in rows)
 
 
 def _summary_matrix(value: object, num_tasks: int) -> Matrix | None:
@@ -85,12 +115,12 @@ def _summary_matrix(value: object, num_tasks: int) -> Matrix | None:
 def final_accuracies(run: Run, strategy: str) -> list[Stat | None]:
     """R[T, j] for each task j: mean and SEM over the seeds that finished every task."""
     last = run.num_tasks
-    finals = [pair.rows[last] for pair in run.seed_runs(strategy) if last in pair.rows]
+    finals = [pair.rows[last] for pair in averaged_seed_runs(run, strategy) if last in pair.rows]
     finals = [row for row in finals if len(row) == run.num_tasks]
     if finals:
         return [mean_sem(row[j] for row in finals) for j in range(run.num_tasks)]
-    row = mean_matrix(run, strategy)[last]
-    return [None if v is None else Stat(v, None, 1) for v in row]
+    row, n = mean_matrix(run, strategy)[last], matrix_seed_counts(run, strategy)[last]
+    return [None if v is None else Stat(v, None, n) for v in row]
 
 
 def curves(run: Run, strategy: str) -> list[Curve]:
@@ -99,7 +129,7 @@ def curves(run: Run, strategy: str) -> list[Curve]:
     As in Kirkpatrick et al. (2017, Fig. 2A), task j is drawn from the start of its training:
     its first point is the evaluation at the end of task j − 1 (the untrained model for j = 1).
     """
-    per_seed = [_points_by_step(pair) for pair in run.seed_runs(strategy)]
+    per_seed = [_points_by_step(pair) for pair in averaged_seed_runs(run, strategy)]
     result = []
     for task in range(1, run.num_tasks + 1):
         series = [
@@ -115,6 +145,7 @@ def curves(run: Run, strategy: str) -> list[Curve]:
                 tuple(step for step, _ in kept),
                 tuple(s.mean for _, s in kept),
                 tuple(s.sem for _, s in kept),
+                tuple(s.n for _, s in kept),
             )
         )
     return result
@@ -142,7 +173,7 @@ def spans(run: Run, strategy: str) -> list[Span]:
     """When each task was trained, in seed-mean steps; tasks not started yet are left out."""
     ends: dict[int, list[int]] = {}
     latest: dict[int, list[int]] = {}
-    for pair in run.seed_runs(strategy):
+    for pair in averaged_seed_runs(run, strategy):
         for point in pair.points:
             (ends if point.boundary else latest).setdefault(point.task, []).append(point.step)
     result: list[Span] = []

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ewc.experiment.metrics import METRICS
-from ewc.report.aggregate import mean_matrix
+from ewc.report.aggregate import curves, final_accuracies, matrix_seed_counts, mean_matrix
 from ewc.report.blocks import (
     Block,
     Bullets,
@@ -171,11 +171,16 @@ def _tasks(run: Run) -> list[Block]:
 def _callouts(run: Run) -> list[Block]:
     blocks: list[Block] = []
     data = section(run.header, "data")
-    if data.get("is_subset") is True:
+    caps = _sample_caps(section(run.config, "benchmark"))
+    if data.get("is_subset") is True or caps:
+        what = (
+            "This is a subset, not the official data set"
+            if data.get("is_subset") is True
+            else "Where a cap is below a task's size, this is a subset of the official data set"
+        )
         text = (
-            f"Data: {data.get('source', 'source not recorded')}. This is a subset, not the "
-            "official training set: results are not comparable to numbers published on the full "
-            f"{_dataset(run)} data set."
+            f"Data: {data.get('source', 'source not recorded')}.{caps} {what}: results are not "
+            f"comparable to numbers published on the full {_dataset(run)} data set."
         )
         blocks.append(Callout("Subset of the data", ((text,),)))
     elif data.get("source"):
@@ -201,8 +206,8 @@ def _metrics_section(run: Run) -> list[Block]:
         rows.append((strategy, *cells, seeds))
     caption = (
         "After the last task, in %: mean ± standard error of the mean over seeds (no ± with one "
-        "seed), from summary.json. Higher is better for ACC, BWT and FWT, lower for forgetting; "
-        "definitions under Conventions."
+        f"seed), from summary.json, {_test_sets(run)}. Higher is better for ACC, BWT and FWT, "
+        "lower for forgetting; definitions under Conventions."
         + "".join(f" {metric} n/a: {why}." for metric, why in absent.items()),
     )
     table = Table(("Strategy", *METRICS, "Seeds"), tuple(rows), caption)
@@ -240,12 +245,6 @@ def _seed_count(values: Mapping[str, Any]) -> str:
 
 
 def _figures_section(run: Run, figures: Mapping[str, str]) -> list[Block]:
-    several = len(run.seeds) > 1
-    spread = (
-        f" Lines and bars are means over {len(run.seeds)} seeds; bands and error bars ± 1 SEM."
-        if several
-        else " One seed: no error bands."
-    )
     alts = {
         "curves": "Test accuracy of each task along training, one panel per strategy",
         "matrices": "Accuracy matrix heatmaps, one per strategy",
@@ -254,10 +253,34 @@ def _figures_section(run: Run, figures: Mapping[str, str]) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Figures")]
     for key in ("curves", "matrices", "final_accuracy"):
         if key in figures:
-            caption = CAPTIONS[key] + (spread if key != "matrices" else "")
+            caption = CAPTIONS[key] + _spread(run, key)
             caption += _measured_on(run) if key == "curves" else ""
             blocks.append(Figure(figures[key], alts[key], (caption,)))
     return blocks
+
+
+def _spread(run: Run, figure: str) -> str:
+    """How many seeds the lines (``curves``) or bars (``final_accuracy``) of a figure average.
+
+    Counted from the data drawn, not from the config: a seed that diverged or has not got that
+    far yet is not in a mean. The ACC bars are summary.json's (its complete seeds).
+    """
+    if figure == "curves":
+        what, spread, which = "Lines", "bands", "the seeds evaluated at each step"
+        counts = {n for s in run.strategies for c in curves(run, s) for n in c.n}
+    elif figure == "final_accuracy":
+        what, spread, which = "Bars", "error bars", "the seeds that finished every task"
+        counts = {x.n for s in run.strategies for x in final_accuracies(run, s) if x is not None}
+    else:
+        return ""
+    if max(counts, default=0) <= 1:
+        return " One seed: no error bands."
+    if len(counts) == 1:
+        return f" {what} are means over {plural(counts.pop(), 'seed')}; {spread} ± 1 SEM."
+    return (
+        f" {what} are means over {which}, {min(counts)} to {max(counts)} (a seed that diverged "
+        f"or has not got that far is in no mean); {spread} ± 1 SEM where there are two or more."
+    )
 
 
 def _measured_on(run: Run) -> str:
@@ -271,8 +294,16 @@ def _measured_on(run: Run) -> str:
     return (
         f" The points between task ends are measured on a fixed random subset of at most "
         f"{counts} test samples per task (the same at every point, drawn from the seed); the "
-        "points at task ends, like the accuracy matrices and metrics, on the full test sets."
+        f"points at task ends, like the accuracy matrices and metrics, {_test_sets(run)}."
     )
+
+
+def _test_sets(run: Run) -> str:
+    """What the task-end evaluations were measured on: whole test sets, or capped ones."""
+    cap = section(run.config, "benchmark").get("test_samples")
+    if isinstance(cap, int) and not isinstance(cap, bool):
+        return f"on each task's test set as capped by benchmark.test_samples (at most {cap:,})"
+    return "on each task's whole test set"
 
 
 def _matrices_section(run: Run) -> list[Block]:
@@ -281,13 +312,30 @@ def _matrices_section(run: Run) -> list[Block]:
     for strategy in run.strategies:
         matrix = mean_matrix(run, strategy)
         rows = tuple((row_label(i), *(percent(v) for v in row)) for i, row in enumerate(matrix))
-        seeds = len(run.seed_runs(strategy))
         caption = (
-            f"Settings: {hyperparameters(strategy_settings(run.config, strategy))}. R in %, mean "
-            f"over {plural(seeds, 'seed')}; —: not measured yet.",
+            f"Settings: {hyperparameters(strategy_settings(run.config, strategy))}. R in %, "
+            f"{_matrix_seeds(run, strategy)}; —: not measured yet.",
         )
         blocks += [Heading(3, strategy), Table(header, rows, caption)]
     return blocks
+
+
+def _matrix_seeds(run: Run, strategy: str) -> str:
+    """Which seeds a mean matrix averages: one count, or one per row while they differ."""
+    counts = matrix_seed_counts(run, strategy)
+    diverged = sorted({d.seed for d in run.divergences if d.strategy == strategy})
+    noun = "seed" if len(diverged) == 1 else "seeds"
+    which = ", ".join(map(str, diverged))
+    left_out = f" ({noun} {which} diverged and left out)" if diverged else ""
+    reached = [(i, n) for i, n in enumerate(counts) if n > 0]
+    if len({n for _, n in reached}) <= 1:
+        n = reached[0][1] if reached else 0
+        return f"mean over {plural(n, 'seed')}{left_out}"
+    per_row = ", ".join(f"{row_label(i)}: {n}" for i, n in reached)
+    return (
+        f"each row the mean over the seeds that reached it ({per_row}){left_out}: compare "
+        "values within a row, not down a column"
+    )
 
 
 def _notes_section(run: Run) -> list[Block]:
