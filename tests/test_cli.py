@@ -120,8 +120,20 @@ def test_resume_refuses_a_changed_config(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--out", str(out), "--no-report", "--strategies", "finetune", *TINY]) == 0
     assert main(["run", "--resume", str(out), "--no-report", "training.epochs=3"]) == 2
-    assert "was run with another config" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "was run with another config" in error
+    assert "differs: training.epochs 2 → 3)" in error  # the override applies to the recorded run
     assert main(["run", "--resume", str(out), "--no-report"]) == 0
+    # an unhashed key may change on a resume: it is applied to the recorded config, not defaults
+    assert main(["run", "--resume", str(out), "--no-report", "training.eval_samples=10"]) == 0
+
+
+def test_out_naming_a_file_says_so(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    assert main(["run", "--out", str(afile), "--no-report", *TINY]) == 2
+    assert f"{afile} is a file, not a directory" in capsys.readouterr().err
+    assert afile.read_text() == "mine"
 
 
 def command(*arguments: str) -> list[str]:

@@ -463,8 +463,10 @@ def _run_config_and_dir(args: argparse.Namespace) -> tuple[Any, Path]:
     if RunDirectory(args.resume).is_unstarted():  # killed before config.json was complete
         return resolve(args.config, overrides, base), args.resume
     recorded = RunDirectory.open(args.resume).read_config()["config"]
-    if args.config is not None or overrides or base:
+    if args.config is not None or base:  # the whole config given again: it must match
         return resolve(args.config, overrides, base), args.resume
+    if overrides:  # changes to the recorded config (only unhashed keys keep its hash)
+        return resolve(None, overrides, recorded), args.resume
     return fill_stream_defaults(from_dict(recorded)), args.resume
 
 

@@ -178,6 +178,11 @@ class RunConfig:
         Keys added after runs were first recorded are left out while they hold the value every
         earlier run had (`UNHASHED_DEFAULTS`), so that those runs can still be resumed.
         """
+        canonical = json.dumps(self.hashed_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def hashed_dict(self) -> dict[str, Any]:
+        """The part of `to_dict` that `hash` covers: no ``output``, no unhashed keys."""
         data = self.to_dict()
         data.pop("output")  # what is written besides the run directory, never the results
         for table, keys in UNHASHED_KEYS.items():
@@ -187,8 +192,25 @@ class RunConfig:
             for key, value in defaults.items():
                 if data[table].get(key) == value:
                     del data[table][key]
-        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return data
+
+
+def config_differences(recorded: RunConfig, given: RunConfig) -> list[str]:
+    """``training.lr 0.001 → 0.01``: each hashed key whose value differs, in key order."""
+    old, new = _flat(recorded.hashed_dict()), _flat(given.hashed_dict())
+    keys = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+    return [f"{key} {json.dumps(old.get(key))} → {json.dumps(new.get(key))}" for key in keys]
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"training": {"lr": 0.1}}`` → ``{"training.lr": 0.1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 #: Keys that change no result, only how the curve points between task ends are measured (each

@@ -25,7 +25,7 @@ import torch
 from ewc._version import __version__
 from ewc.data import ImageDataset, load_dataset
 from ewc.experiment.cell import run_cell
-from ewc.experiment.config import RunConfig
+from ewc.experiment.config import RunConfig, config_differences, fill_stream_defaults, from_dict
 from ewc.experiment.distributed import run_team_cell
 from ewc.experiment.model_factory import build_factory_model
 from ewc.experiment.outcome import CellOutcome
@@ -107,15 +107,20 @@ def run_experiment(
     _check_strategies(config, strategies)
     _check_model(config, data)
     directory = open_on_main(team, lambda: _open_run_dir(config, data, run_dir, resume, progress))
-    cells = [Cell(seed, name) for seed in config.seeds for name in config.compare]
-    outcomes = _run_cells(config, data, directory, cells, strategies, progress, jobs, quiet, team)
-    if team.is_main:
-        _write_results(config, directory, cells, outcomes)
-    b = config.benchmark
-    wall_time = time.perf_counter() - started
-    summary = summarize(b.scenario or "", b.name, outcomes, wall_time)
-    if team.is_main:
-        summary.write(directory.summary_path)
+    try:  # the directory's lock is held (on the main rank) until the results are written
+        cells = [Cell(seed, name) for seed in config.seeds for name in config.compare]
+        outcomes = _run_cells(
+            config, data, directory, cells, strategies, progress, jobs, quiet, team
+        )
+        if team.is_main:
+            _write_results(config, directory, cells, outcomes)
+        b = config.benchmark
+        wall_time = time.perf_counter() - started
+        summary = summarize(b.scenario or "", b.name, outcomes, wall_time)
+        if team.is_main:
+            summary.write(directory.summary_path)
+    finally:
+        directory.release()
     progress.close()
     return RunResult(directory.path, tuple(outcomes), summary)
 
@@ -212,15 +217,43 @@ def _open_run_dir(
             + (" (there is nothing to resume)" if resume else "")
         )
     if resume and not unstarted:
-        directory = RunDirectory.open(run_dir, config.hash())
-        recorded = directory.read_config().get("data", {}).get("fingerprint")
-        if recorded != fingerprint:
-            raise RunDirectoryError(
-                f"{directory.path} was run on other data (fingerprint {str(recorded)[:12]}…, "
-                f"now {fingerprint[:12]}…); resume it with the same data"
-            )
+        directory = RunDirectory.open(run_dir, lock=True)
+        try:
+            _check_same_run(directory, config, fingerprint)
+        except BaseException:
+            directory.release()
+            raise
         return directory
     return RunDirectory.create(run_dir, _config_record(config, data, fingerprint))
+
+
+def _check_same_run(directory: RunDirectory, config: RunConfig, fingerprint: str) -> None:
+    """Refuse to resume a run of another config or other data, naming what differs."""
+    header = directory.read_config()
+    recorded_hash = str(header.get("config_hash"))
+    if recorded_hash != config.hash():
+        raise RunDirectoryError(
+            f"{directory.path} was run with another config (hash {recorded_hash[:12]}…, this "
+            f"one {config.hash()[:12]}…{_differences(header['config'], config)}); resume it with "
+            "the same config, or start a new run"
+        )
+    data = header.get("data")
+    recorded = data.get("fingerprint") if isinstance(data, dict) else None
+    if recorded != fingerprint:
+        raise RunDirectoryError(
+            f"{directory.path} was run on other data (fingerprint {str(recorded)[:12]}…, "
+            f"now {fingerprint[:12]}…); resume it with the same data"
+        )
+
+
+def _differences(recorded: Mapping[str, Any], config: RunConfig) -> str:
+    """``; differs: training.lr 0.001 → 0.01, …`` (at most six keys), or nothing if unknown."""
+    try:
+        keys = config_differences(fill_stream_defaults(from_dict(recorded)), config)
+    except ValueError:  # a config this version cannot read: the hashes alone must do
+        return ""
+    more = f" and {len(keys) - 6} more" if len(keys) > 6 else ""
+    return "; differs: " + ", ".join(keys[:6]) + more if keys else ""
 
 
 def _config_record(

@@ -124,7 +124,7 @@ def open_on_main(team: Team, open_directory: Callable[[], RunDirectory]) -> RunD
     """
     if team.size == 1:
         return open_directory()
-    path = None
+    path, directory = None, None
     try:
         if team.is_main:
             directory = open_directory()
@@ -135,4 +135,4 @@ def open_on_main(team: Team, open_directory: Callable[[], RunDirectory]) -> RunD
         raise DistributedError(
             f"rank {team.rank}: rank 0 could not open the run directory (its error says why)"
         )
-    return RunDirectory(path)
+    return directory if directory is not None else RunDirectory(path)  # rank 0's holds the lock

@@ -1,6 +1,11 @@
-"""The run directory: its layout, its accuracy CSV files, usable from its first moment."""
+"""The run directory: its layout, its accuracy CSV files, usable from its first moment, locked."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -53,7 +58,8 @@ def test_a_directory_killed_before_its_config_was_complete_is_unstarted(tmp_path
     assert run.is_unstarted()
     created = RunDirectory.create(run.path, {"config": {}, "config_hash": "h"})
     assert not created.is_unstarted()
-    assert sorted(p.name for p in run.path.iterdir()) == ["config.json"]
+    created.release()
+    assert sorted(p.name for p in run.path.iterdir()) == [".lock", "config.json"]
 
 
 def test_a_directory_with_anything_else_is_not_unstarted(tmp_path):
@@ -66,3 +72,58 @@ def test_a_directory_with_anything_else_is_not_unstarted(tmp_path):
     with pytest.raises(RunDirectoryError, match="already exists and is not empty"):
         RunDirectory.create(run.path, {"config": {}})
     assert (run.path / "mine.txt").read_text() == "keep"
+
+
+def test_one_writer_at_a_time_and_the_other_is_told_who(tmp_path):
+    path = tmp_path / "run"
+    first = RunDirectory.create(path, {"config": {}, "config_hash": "h"})
+    with pytest.raises(RunDirectoryError, match=rf"in use by another run \(process {os.getpid()}"):
+        RunDirectory.open(path, lock=True)
+    with pytest.raises(RunDirectoryError, match="in use by another run"):
+        RunDirectory.create(path, {"config": {}, "config_hash": "other"})
+    assert json.loads((path / "config.json").read_text())["config_hash"] == "h"
+    RunDirectory.open(path)  # reading needs no lock
+    first.release()
+    second = RunDirectory.open(path, lock=True)
+    second.release()
+
+
+def test_a_lock_ends_with_the_process_that_held_it(tmp_path):
+    path = tmp_path / "run"
+    RunDirectory.create(path, {"config": {}, "config_hash": "h"}).release()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirectoryError, match=f"process {holder.pid}"):
+            RunDirectory.open(path, lock=True)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    RunDirectory.open(path, lock=True).release()  # the kill released it
+
+
+HOLD_LOCK = """
+import sys, time
+from ewc.experiment.storage.rundir import RunDirectory
+RunDirectory.open(sys.argv[1], lock=True)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"config": {"ben', "is not valid JSON"),
+        ("[1]", "must be a JSON object with a 'config' object"),
+        ("{}", "must be a JSON object with a 'config' object"),
+    ],
+)
+def test_a_damaged_config_json_is_named(tmp_path, content, problem):
+    (tmp_path / "config.json").write_text(content)
+    with pytest.raises(RunDirectoryError, match=problem) as error:
+        RunDirectory.open(tmp_path)
+    assert str(tmp_path / "config.json") in str(error.value)

@@ -13,11 +13,15 @@ Layout (defined here once; the runner writes it and the report reads it)::
         checkpoints/           the cell's checkpoints (ewc.experiment.storage.checkpoint)
         diverged.json          only if its loss became non-finite: where, and the message
 
+      .lock                    held by the process that writes the run (`.lock`)
+
 Each cell writes only inside its own folder, so cells can run in separate processes, and a
 resumed cell cuts its event log back to the length its checkpoint recorded. Nothing that exists
-is overwritten silently: a new run refuses a non-empty directory. A directory is usable from its
-first moment: one that a kill left without a complete config.json (empty, or holding only the
-temporary file of that write) is *unstarted*, and both a new run and a resume start it afresh.
+is overwritten silently: a new run refuses a non-empty directory, and while one process writes a
+run directory (a new run or a resume) it holds the directory's lock, so a second writer is
+refused. A directory is usable from its first moment: one that a kill left without a complete
+config.json (empty, or holding only the temporary file of that write and the lock file) is
+*unstarted*, and both a new run and a resume start it afresh.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 
 from ewc._atomic import temporary_files, write_json_atomic, write_text_atomic
 from ewc.experiment.storage.accuracy import write_accuracy_csv
+from ewc.experiment.storage.lock import LOCK_FILE, FolderLock, holder
 
 _MATRIX_FILE = re.compile(r"seed(-?\d+)_(.+)\.csv")
 
@@ -59,44 +64,68 @@ class RunDirectory:
     def __init__(self, path: str | os.PathLike[str]):
         """A view of ``path``; nothing is read or created."""
         self.path = Path(path)
+        self._lock: FolderLock | None = None
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], config_record: Mapping[str, Any]) -> RunDirectory:
-        """Make a new run directory and write ``config.json``; refuse one that has content.
+        """Make a new run directory, lock it and write ``config.json``; refuse one with content.
 
-        An unstarted directory (see the module docstring) is cleared and started afresh.
+        An unstarted directory (see the module docstring) is cleared and started afresh. The
+        lock is held until `release`.
         """
         run = cls(path)
-        run.clear_unstarted()
-        if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
-            raise RunDirectoryError(
-                f"{run.path} already exists and is not empty; continue it with "
-                f"`ewc run --resume {run.path}` or choose another --out"
-            )
+        if run.path.exists() and not run.path.is_dir():
+            raise RunDirectoryError(f"{run.path} is a file, not a directory; choose another --out")
         run.path.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run.config_path, config_record)
+        run._take_lock()
+        try:
+            run.clear_unstarted()
+            if any(entry.name != LOCK_FILE for entry in run.path.iterdir()):
+                raise RunDirectoryError(
+                    f"{run.path} already exists and is not empty; continue it with "
+                    f"`ewc run --resume {run.path}` or choose another --out"
+                )
+            write_json_atomic(run.config_path, config_record)
+        except BaseException:
+            run.release()
+            raise
         return run
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], config_hash: str | None = None) -> RunDirectory:
-        """Open an existing run directory; with ``config_hash``, refuse one of another config."""
+    def open(cls, path: str | os.PathLike[str], *, lock: bool = False) -> RunDirectory:
+        """Open an existing run directory (its config.json is read and checked).
+
+        ``lock`` takes the directory's lock, for a process that will write it (until `release`).
+        """
         run = cls(path)
         if not run.config_path.is_file():
             raise RunDirectoryError(f"{run.path} is not a run directory: it has no config.json")
-        recorded = run.read_config().get("config_hash")
-        if config_hash is not None and recorded != config_hash:
-            raise RunDirectoryError(
-                f"{run.path} was run with another config (hash {str(recorded)[:12]}…, this one "
-                f"{config_hash[:12]}…); resume it with the same config, or start a new run"
-            )
+        run.read_config()
+        if lock:
+            run._take_lock()
         return run
+
+    def _take_lock(self) -> None:
+        """Hold the directory's lock, or refuse: another process writes this run."""
+        self._lock = FolderLock.acquire(self.path)
+        if self._lock is None:
+            raise RunDirectoryError(
+                f"{self.path} is in use by another run ({holder(self.path)} holds "
+                f"{self.path / LOCK_FILE}); wait for it to end, or choose another --out"
+            )
+
+    def release(self) -> None:
+        """Give up the directory's lock, if this view holds it."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def is_unstarted(self) -> bool:
         """Whether this is a folder that a run was killed in before config.json was complete."""
         if not self.path.is_dir() or self.config_path.exists():
             return False
         leftovers = set(temporary_files(self.config_path))
-        return all(entry in leftovers for entry in self.path.iterdir())
+        return all(entry in leftovers or entry.name == LOCK_FILE for entry in self.path.iterdir())
 
     def clear_unstarted(self) -> bool:
         """Remove what a run killed before its config was complete left; True if there was any."""
@@ -182,8 +211,19 @@ class RunDirectory:
         return sorted((self.path / "cells").glob("*/events.jsonl"))
 
     def read_config(self) -> dict[str, Any]:
-        """The content of ``config.json``."""
-        return json.loads(self.config_path.read_text(encoding="utf-8"))
+        """The content of ``config.json``, checked to be an object with a ``config`` object.
+
+        Raises:
+            RunDirectoryError: the file is not valid JSON, or not the object the runner writes.
+        """
+        path = self.config_path
+        try:
+            header = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise RunDirectoryError(f"{path} is not valid JSON: {err}") from None
+        if not isinstance(header, dict) or not isinstance(header.get("config"), dict):
+            raise RunDirectoryError(f"{path} must be a JSON object with a 'config' object")
+        return header
 
     def assemble_metrics(self, cells: Sequence[Cell]) -> Path:
         """Concatenate the cells' event logs, in the given order, into ``metrics.jsonl``."""
