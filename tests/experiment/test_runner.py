@@ -179,6 +179,79 @@ def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path):
     assert resumed.matrices == reference.matrices
 
 
+def interrupted(tmp_path, config, data, stop: int = 11):
+    """The run directory of ``config`` stopped after ``stop`` optimizer steps, as a kill would."""
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, tmp_path / "cut", data=data, progress=StopAfter(stop))
+    return tmp_path / "cut"
+
+
+def test_a_resume_refuses_checkpoints_of_another_model(tmp_path, monkeypatch):
+    data, config = learnable_digits(), tiny_config('compare=["ewc"]')
+    cut = interrupted(tmp_path, config, data)
+    original = ewc.experiment.cell.build_model
+
+    def other_initialisation(*args, **kwargs):  # the model code changed between the two runs
+        model = original(*args, **kwargs)
+        with torch.no_grad():
+            next(model.parameters())[0, 0] += 1.0
+        return model
+
+    monkeypatch.setattr(ewc.experiment.cell, "build_model", other_initialisation)
+    with pytest.raises(RunDirectoryError, match="was trained from another model"):
+        run_experiment(config, cut, resume=True, data=data)
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_is_a_named_error(tmp_path, monkeypatch):
+    """A checkpoint of an earlier version (no model fingerprint) and a model of another width."""
+    data, config = learnable_digits(), tiny_config('compare=["ewc"]')
+    cut = interrupted(tmp_path, config, data)
+    for path in (cut / "cells" / "seed0-ewc" / "checkpoints").glob("*.safetensors"):
+        tree = load_checkpoint(path)
+        del tree["model_fingerprint"]
+        save_checkpoint(path, tree)
+    original = ewc.experiment.cell.build_model
+    monkeypatch.setattr(
+        ewc.experiment.cell,
+        "build_model",
+        lambda *args, **kwargs: original(*args, **{**kwargs, "hidden": (48,)}),
+    )
+    with pytest.raises(RunDirectoryError, match=r"does not fit the model built now: .*size"):
+        run_experiment(config, cut, resume=True, data=data)
+
+
+def test_a_resume_refuses_an_event_log_shorter_than_its_checkpoint(tmp_path):
+    data, config = learnable_digits(), tiny_config('compare=["ewc"]')
+    cut = interrupted(tmp_path, config, data)
+    log = cut / "cells" / "seed0-ewc" / "events.jsonl"
+    log.unlink()
+    with pytest.raises(RunDirectoryError, match=r"holds 0 bytes but checkpoint .* recorded"):
+        run_experiment(config, cut, resume=True, data=data)
+    assert log.stat().st_size == 0  # not padded with zero bytes
+
+
+def test_a_resume_trains_on_with_the_recorded_thread_count(tmp_path):
+    unpinned = [o for o in TINY if not o.startswith("training.threads=")]  # threads: null
+    data, config = learnable_digits(), resolve(overrides=[*unpinned, 'compare=["ewc"]'])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        reference = run_experiment(config, tmp_path / "whole", data=data)
+        cut = interrupted(tmp_path, config, data)
+        torch.set_num_threads(2)
+        resumed = run_experiment(config, cut, resume=True, data=data)
+        assert torch.get_num_threads() == 2  # pinned for the resumed cell only
+    finally:
+        torch.set_num_threads(before)
+    assert resumed.matrices == reference.matrices
+    notes = [e["message"] for e in events(cut) if e["event"] == "note"]
+    assert notes == [
+        "resumed with 1 threads, as the checkpoint recorded (this process had 2): the sums of "
+        "every step then run in the same order as before the stop"
+    ]
+    assert [e for e in events(cut) if e["event"] != "note"] == events(tmp_path / "whole")
+
+
 def test_a_finished_run_resumes_without_training_again(tmp_path):
     data, config = learnable_digits(), tiny_config('compare=["finetune"]')
     first = run_experiment(config, tmp_path / "run", data=data)

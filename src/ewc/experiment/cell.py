@@ -40,6 +40,7 @@ from ewc.experiment.outcome import CellOutcome, CellTimings, Divergence
 from ewc.experiment.progress import Progress
 from ewc.experiment.schedules import task_lr_scheduler
 from ewc.experiment.storage.checkpoint import CheckpointStore
+from ewc.experiment.storage.digest import model_fingerprint
 from ewc.experiment.storage.events import (
     DivergedEvent,
     EvalEvent,
@@ -48,7 +49,7 @@ from ewc.experiment.storage.events import (
     TaskEndEvent,
     TrainEvent,
 )
-from ewc.experiment.storage.rundir import Cell, RunDirectory
+from ewc.experiment.storage.rundir import Cell, RunDirectory, RunDirectoryError
 from ewc.experiment.strategies import Strategy, StrategyFactory, TaskContext, build_strategy
 from ewc.experiment.streams.benchmarks import TaskStream, TensorBatches
 from ewc.experiment.tensorboard import open_event_log
@@ -165,11 +166,23 @@ class CellLog:
 
 
 class CheckpointPolicy:
-    """When a cell checkpoints (every ``every`` steps and after each task) and how it restores."""
+    """When a cell checkpoints (every ``every`` steps and after each task) and how it restores.
+
+    A checkpoint records, besides the training state, the fingerprint of the cell's initial model
+    and the thread count it trained with; a restore refuses a checkpoint of another model and
+    trains on with the recorded thread count (summation order, and so the last bits of every
+    result, depends on it), so that a resumed cell ends where an uninterrupted one would.
+    """
 
     def __init__(self, store: CheckpointStore, every: int, config_hash: str, cell: Cell):
         """Save into ``store``; ``every`` = 0 saves only after tasks."""
         self.store, self.every, self.config_hash, self.cell = store, every, config_hash, cell
+        self.model_fingerprint: str | None = None  # the initial model's, set by `start`
+        self.threads_changed: tuple[int, int] | None = None  # (had, recorded) after a restore
+
+    def start(self, initial_model: nn.Module) -> None:
+        """Fingerprint the cell's initial model (before any training or restore)."""
+        self.model_fingerprint = model_fingerprint(initial_model)
 
     def due(self, step: int) -> bool:
         """Whether step ``step`` (1-based count) ends with a checkpoint."""
@@ -186,6 +199,8 @@ class CheckpointPolicy:
             "config_hash": self.config_hash,
             "cell": asdict(self.cell),
             "events_length": log.length(),
+            "model_fingerprint": self.model_fingerprint,
+            "threads": torch.get_num_threads(),
             **state.state_dict(),
         }
         self.store.save_in_background(tree, state.position.step, before=log.sync)
@@ -194,17 +209,53 @@ class CheckpointPolicy:
         """Load the newest readable checkpoint into ``state``; False if there is none.
 
         Raises:
-            ValueError: the checkpoint belongs to another config.
+            RunDirectoryError: the checkpoint belongs to another config or another model, or the
+                event log is shorter than the checkpoint recorded.
         """
         latest = self.store.load_latest()
         if latest is None:
             return False
-        _, tree = latest
-        if tree["config_hash"] != self.config_hash:
-            raise ValueError(f"checkpoint of cell {self.cell.key} belongs to another config")
-        state.load_state_dict(tree)
-        log.truncate(tree["events_length"])
+        self._apply(*latest, state, log)
         return True
+
+    def _apply(self, step: int, tree: Mapping[str, Any], state: CellState, log: Any) -> None:
+        """Check checkpoint ``step``'s ``tree`` against this cell, load it, cut ``log`` back.
+
+        ``log`` is None where another process writes the events (a distributed cell's ranks).
+        """
+        where = f"checkpoint {self.store.path(step)} of cell {self.cell.key}"
+        if tree["config_hash"] != self.config_hash:
+            raise RunDirectoryError(f"{where} belongs to another config")
+        recorded = tree.get("model_fingerprint")  # absent in checkpoints of earlier versions
+        if recorded is not None and recorded != self.model_fingerprint:
+            raise RunDirectoryError(
+                f"{where} was trained from another model: the model built now from the config, "
+                "the seed and the model code (its layers or its initial weights) is not the one "
+                "recorded; resume with the same model code, or start a new run"
+            )
+        if log is not None and log.length() < tree["events_length"]:
+            raise RunDirectoryError(
+                f"{log.path} holds {log.length()} bytes but {where} recorded "
+                f"{tree['events_length']}: the event log was cut or removed after the checkpoint; "
+                f"put it back, or delete {self.store.path(step).parent.parent} to train this cell "
+                "again from the start"
+            )
+        try:
+            state.load_state_dict(tree)
+        except (RuntimeError, KeyError, ValueError) as error:
+            text = " ".join(str(error).split()) or repr(error)
+            short = text if len(text) <= 300 else text[:299] + "…"
+            raise RunDirectoryError(f"{where} does not fit the model built now: {short}") from error
+        if log is not None:
+            log.truncate(tree["events_length"])
+        self._keep_threads(tree.get("threads"))
+
+    def _keep_threads(self, recorded: Any) -> None:
+        """Train on with the checkpoint's thread count, if it recorded one and it differs."""
+        had = torch.get_num_threads()
+        if isinstance(recorded, int) and recorded >= 1 and recorded != had:
+            torch.set_num_threads(recorded)
+            self.threads_changed = (had, recorded)
 
 
 class _Parts(NamedTuple):
@@ -240,6 +291,7 @@ def run_cell(
     events = open_event_log(run_dir, cell, tensorboard=config.output.tensorboard)
     store = CheckpointStore(run_dir.checkpoint_dir(cell), keep=2)
     checkpoints = CheckpointPolicy(store, config.checkpoint_every, config.hash(), cell)
+    checkpoints.start(state.model)
     training = config.training
     evaluator = Evaluator(
         stream,
@@ -249,6 +301,7 @@ def run_cell(
     )
     log = CellLog(events, cell, progress)
     parts = _Parts(config, stream, state, evaluator, log, checkpoints, progress)
+    threads = torch.get_num_threads()  # a restore may pin the checkpoint's count for this cell
     try:
         outcome = _train_cell(parts)
         store.wait()  # the last checkpoint is on disk (or its error is raised) before returning
@@ -257,6 +310,7 @@ def run_cell(
             store.close()
         finally:
             events.close()
+            torch.set_num_threads(threads)
     if outcome.divergence is not None:
         write_json_atomic(marker, outcome.divergence.to_json())
     return outcome
@@ -270,6 +324,13 @@ def _train_cell(parts: _Parts) -> CellOutcome:
         state.position.rows.append(_evaluate(parts))
         parts.log.task_end(0, 0, state.position.rows[0])
         parts.checkpoints.save(state, parts.log.log)
+    elif parts.checkpoints.threads_changed is not None:
+        had, recorded = parts.checkpoints.threads_changed
+        parts.log.note(
+            state.position.step,
+            f"resumed with {recorded} threads, as the checkpoint recorded (this process had "
+            f"{had}): the sums of every step then run in the same order as before the stop",
+        )
     parts.progress.cell_started(cell, parts.stream.num_tasks)
     while state.position.task < parts.stream.num_tasks:
         try:

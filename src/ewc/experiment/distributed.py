@@ -36,7 +36,6 @@ trains every cell with all ranks together (`run_team_cell`), reusing the cell's 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -63,6 +62,7 @@ from ewc.experiment.evaluation import Evaluator
 from ewc.experiment.outcome import CellOutcome, Divergence
 from ewc.experiment.progress import Progress
 from ewc.experiment.storage.checkpoint import CheckpointStore, load_checkpoint
+from ewc.experiment.storage.digest import state_digest
 from ewc.experiment.storage.events import Event, EventLog
 from ewc.experiment.storage.rundir import Cell, RunDirectory
 from ewc.experiment.strategies import Strategy, StrategyFactory, TaskContext
@@ -94,6 +94,7 @@ def run_team_cell(
     events = open_event_log(run_dir, cell, tensorboard) if team.is_main else _NoEvents()
     store = CheckpointStore(run_dir.checkpoint_dir(cell), keep=2)
     checkpoints = TeamCheckpoints(store, config.checkpoint_every, config.hash(), cell, team)
+    checkpoints.start(state.model)
     evaluator = ShardedEvaluator(
         stream,
         config.training.eval_batch_size,
@@ -104,6 +105,7 @@ def run_team_cell(
     log = CellLog(events, cell, progress)
     step = DistributedStep(state.model, team)
     parts = _Parts(config, stream, state, evaluator, log, checkpoints, progress, step)
+    threads = torch.get_num_threads()  # a restore may pin the checkpoint's count for this cell
     try:
         outcome = _train_cell(parts)
         store.wait()  # rank 0's last checkpoint is on disk (or its error raised) before returning
@@ -112,6 +114,7 @@ def run_team_cell(
             store.close()
         finally:
             events.close()
+            torch.set_num_threads(threads)
     if outcome.divergence is not None and team.is_main:
         write_json_atomic(marker, outcome.divergence.to_json())
     team.barrier()
@@ -299,28 +302,6 @@ class _BatchShare:
                 yield inputs, targets
 
 
-def state_digest(tree: Any) -> int:
-    """A 63-bit SHA-256 digest of a state tree (dicts, lists, tensors, plain values)."""
-    digest = hashlib.sha256()
-    _feed(digest, tree)
-    return int.from_bytes(digest.digest()[:8], "little") & (2**63 - 1)
-
-
-def _feed(digest: Any, node: Any) -> None:
-    if isinstance(node, Mapping):
-        for key, value in node.items():
-            digest.update(repr(key).encode())
-            _feed(digest, value)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            _feed(digest, value)
-    elif isinstance(node, Tensor):
-        digest.update(f"{node.dtype}{tuple(node.shape)}".encode())
-        digest.update(node.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    else:
-        digest.update(repr(node).encode())
-
-
 class TeamCheckpoints(CheckpointPolicy):
     """Rank 0 saves (the others wait at a barrier); a restore loads its checkpoint on every rank."""
 
@@ -343,10 +324,7 @@ class TeamCheckpoints(CheckpointPolicy):
         if step is None:
             return False
         tree = found[1] if found is not None else load_checkpoint(self.store.path(step))
-        if tree["config_hash"] != self.config_hash:
-            raise ValueError(f"checkpoint of cell {self.cell.key} belongs to another config")
-        state.load_state_dict(tree)
-        log.truncate(tree["events_length"])
+        self._apply(step, tree, state, log if self.team.is_main else None)
         return True
 
 
