@@ -161,13 +161,7 @@ def _read_header(directory: RunDirectory) -> dict[str, Any]:
             f"run directory {name!r} has no config.json; a run directory written by "
             "`ewc run` holds config.json, metrics.jsonl, accuracy/ and summary.json"
         )
-    try:
-        header = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RunDirectoryError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(header, dict) or not isinstance(header.get("config"), dict):
-        raise RunDirectoryError(f"{path} must be a JSON object with a 'config' object")
-    return header
+    return directory.read_config()
 
 
 def _event_files(directory: RunDirectory, problems: list[str]) -> list[Path]:
