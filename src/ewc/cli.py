@@ -424,7 +424,8 @@ def _finish(result: Any, args: argparse.Namespace) -> int:
         return 1 if result.diverged else 0
     print()
     print(result.summary.table())
-    print(f"\nrun directory: {result.run_dir}  ({result.summary.wall_time_s:.0f} s)")
+    resumed = " in this process" if result.summary.resumed else ""
+    print(f"\nrun directory: {result.run_dir}  ({result.summary.wall_time_s:.0f} s{resumed})")
     if not args.no_report:
         _report_or_explain(result.run_dir)
     return 1 if result.diverged else 0

@@ -250,6 +250,8 @@ def test_a_resume_trains_on_with_the_recorded_thread_count(tmp_path):
         "every step then run in the same order as before the stop"
     ]
     assert [e for e in events(cut) if e["event"] != "note"] == events(tmp_path / "whole")
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (tmp_path / "whole", cut)]
+    assert [s["resumed"] for s in summaries] == [False, True]  # wall_time_s: the last process's
 
 
 def test_a_finished_run_resumes_without_training_again(tmp_path):

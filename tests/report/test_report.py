@@ -472,3 +472,14 @@ def test_the_cells_summary_json_leaves_out_are_listed(tmp_path):
     (run_dir / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     problems = load_run(run_dir).problems
     assert problems == ["summary.json leaves out seed0-ewc: diverged: loss is nan at step 120."]
+
+
+def test_the_wall_time_of_a_resumed_run_says_whose_it_is(tmp_path):
+    run_dir = write_run(tmp_path / "run")
+    assert "Wall time: 95.2 s." in markdown_of(write_report(run_dir))
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "resumed": True}), "utf-8")
+    assert (
+        "Wall time: 95.2 s in the process that resumed and finished the run (earlier ones not "
+        "counted)."
+    ) in markdown_of(write_report(run_dir))

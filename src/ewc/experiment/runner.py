@@ -116,7 +116,7 @@ def run_experiment(
             _write_results(config, directory, cells, outcomes)
         b = config.benchmark
         wall_time = time.perf_counter() - started
-        summary = summarize(b.scenario or "", b.name, outcomes, wall_time)
+        summary = summarize(b.scenario or "", b.name, outcomes, wall_time, resumed=resume)
         if team.is_main:
             summary.write(directory.summary_path)
     finally:

@@ -36,6 +36,7 @@ class Summary:
     # name → {"training", "fisher", "evaluation"}: seconds per seed (mean over the seeds measured)
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
     not_applicable: dict[str, str] = field(default_factory=dict)  # metric → why it has no meaning
+    resumed: bool = False  # wall_time_s is then the last process's time only
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``summary.json``."""
@@ -49,6 +50,7 @@ class Summary:
             "diverged": self.diverged,
             "timings_s": self.timings,
             "not_applicable": self.not_applicable,
+            "resumed": self.resumed,
         }
 
     def write(self, path: Path) -> None:
@@ -82,9 +84,17 @@ class Summary:
 
 
 def summarize(
-    scenario: str, benchmark: str, outcomes: Sequence[CellOutcome], wall_time_s: float
+    scenario: str,
+    benchmark: str,
+    outcomes: Sequence[CellOutcome],
+    wall_time_s: float,
+    resumed: bool = False,
 ) -> Summary:
-    """Metrics per strategy over the seeds whose matrix is complete (T + 1 rows)."""
+    """Metrics per strategy over the seeds whose matrix is complete (T + 1 rows).
+
+    ``wall_time_s`` is the time of the process that writes the summary; ``resumed`` says that
+    earlier processes of the run (stopped, then resumed) spent time not counted in it.
+    """
     complete = [o for o in outcomes if o.rows is not None and _complete(o.rows)]
     per_strategy: dict[str, dict[str, Any]] = {}
     means: dict[str, list[list[float]]] = {}
@@ -109,6 +119,7 @@ def summarize(
         diverged,
         timings=_timings(outcomes),
         not_applicable=not_applicable(scenario),
+        resumed=resumed,
     )
 
 

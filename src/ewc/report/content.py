@@ -106,7 +106,9 @@ def _summary(run: Run) -> tuple[Any, ...]:
     ]
     wall = finite((run.summary or {}).get("wall_time_s"))
     if wall is not None:
-        parts.append(f" Wall time: {wall:,.1f} s.")
+        resumed = (run.summary or {}).get("resumed") is True
+        last = " in the process that resumed and finished the run (earlier ones not counted)"
+        parts.append(f" Wall time: {wall:,.1f} s{last if resumed else ''}.")
     return tuple(parts)
 
 
