@@ -253,6 +253,66 @@ def test_rejects_a_changed_set_of_trainable_parameters(model):
         penalty.consolidate({n: v for n, v in random_fisher(model, 1).items() if n != "0.bias"})
 
 
+def test_the_penalty_follows_a_module_replaced_by_one_of_the_same_shapes(model):
+    """The penalty is on the model's parameters by name: a new head is the one pulled back."""
+    fisher = random_fisher(model, 0)
+    penalty = ewc.EWC(model, strength=3.0)
+    penalty.consolidate(fisher)
+    anchor = snapshot(model)
+    model[2] = nn.Linear(5, 3).double()  # e.g. a re-initialised head
+    assert_same_value_and_gradient(model, penalty, closed_form(model, [(fisher, anchor)], 3.0))
+    penalty.add_gradient_()
+    expected = 3.0 * fisher["2.weight"] * (model[2].weight - anchor["2.weight"])
+    assert torch.allclose(model[2].weight.grad, expected.detach(), rtol=1e-12)
+
+
+def test_the_penalty_follows_load_state_dict_with_assign(model):
+    fisher = random_fisher(model, 0)
+    penalty = ewc.EWC(model, strength=3.0)
+    penalty.consolidate(fisher)
+    anchor = snapshot(model)
+    moved = copy.deepcopy(model)
+    move(moved, 1)
+    model.load_state_dict(moved.state_dict(), assign=True)  # new Parameter objects
+    assert_same_value_and_gradient(model, penalty, closed_form(model, [(fisher, anchor)], 3.0))
+
+
+def test_a_removed_or_reshaped_parameter_is_refused_not_broadcast(model):
+    penalty = ewc.EWC(model, strength=1.0)
+    penalty.consolidate(random_fisher(model, 0))
+    head = model[2]
+    model[2] = nn.Linear(5, 1).double()  # the same names, another shape
+    for call in (penalty, penalty.add_gradient_):
+        with pytest.raises(ValueError, match=r"'2.weight' has shape \(1, 5\) but was consolidated"):
+            call()
+    with pytest.raises(ValueError, match=r"'2.weight' has shape \(1, 5\) but was consolidated"):
+        penalty.consolidate(random_fisher(model, 1))
+    del model[2]
+    with pytest.raises(ValueError, match=r"no longer has the consolidated parameters \['2.weight'"):
+        penalty()
+    model.append(head)
+    assert penalty() >= 0  # the original head back: fine again
+
+
+def test_a_parameter_frozen_after_consolidation_gets_no_gradient_on_any_path(model):
+    fisher = random_fisher(model, 0)
+    penalty = ewc.EWC(model, strength=2.0)
+    penalty.consolidate(fisher)
+    anchor = snapshot(model)
+    move(model, 0)
+    model[0].weight.requires_grad_(False)
+    expected = closed_form(model, [(fisher, anchor)], 2.0)
+    assert torch.allclose(penalty(), expected, rtol=1e-12)  # still in the value, as autograd
+    penalty.add_gradient_()
+    assert model[0].weight.grad is None
+    assert model[2].weight.grad is not None
+    frozen = model[0].weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    penalty.attach(optimizer)
+    optimizer.step()
+    assert torch.equal(model[0].weight, frozen)
+
+
 def test_rejects_a_state_dict_of_another_mode(model):
     online = ewc.EWC(model, strength=1.0, mode="online")
     with pytest.raises(

@@ -120,3 +120,14 @@ def test_misuse_is_named():
     si.before_step()
     with pytest.raises(RuntimeError, match="without its after_step"):
         si.consolidate()
+
+
+def test_the_path_integral_follows_parameters_replaced_by_name():
+    model = Scalar(1.0, 2.0)
+    si = ewc.SynapticIntelligence(model, strength=1.0)
+    model.load_state_dict({"theta": torch.tensor([1.0, 2.0], dtype=torch.float64)}, assign=True)
+    sgd_steps(model, si, lambda theta: (theta - 3.0).square().sum(), lr=0.1, steps=5)
+    assert (si.path_integral["theta"] > 0).all()  # the steps taken on the new parameter count
+    model.theta = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"'theta' has shape \(3,\) but SI tracks it"):
+        si.before_step()

@@ -142,7 +142,7 @@ class QuadraticPenalty:
         """
         if not self._params:
             return torch.zeros(())
-        params = list(self._params.values())
+        params = list(self._bound_params().values())
         with torch.no_grad():
             value, weighted = self._value_and_weighted(params)
         if not torch.is_grad_enabled() or not any(p.requires_grad for p in params):
@@ -169,13 +169,15 @@ class QuadraticPenalty:
         """
         if not self._params:
             return torch.zeros(()) if value else None
-        params = list(self._params.values())
+        params = list(self._bound_params().values())
         if not value and not self._kronecker.terms:
             self._add_gradient_only(params)
             return None
         total, weighted = self._value_and_weighted(params, self._work_buffers(params))
         scale = self._gradient_scale()
         for param, w in zip(params, weighted, strict=True):
+            if not param.requires_grad:  # frozen since: no gradient, as with autograd
+                continue
             if param.grad is None:
                 param.grad = torch.mul(w, scale).to(param.dtype)
             else:
@@ -187,6 +189,8 @@ class QuadraticPenalty:
         differences, _ = self._work_buffers(params)
         scale = self._gradient_scale()
         for (name, param), difference in zip(self._params.items(), differences, strict=True):
+            if not param.requires_grad:  # frozen since: no gradient, as with autograd
+                continue
             importance = self._importance[name]
             torch.sub(param, self._anchor[name], out=difference)
             if param.grad is None:
@@ -330,6 +334,7 @@ class QuadraticPenalty:
             self._importance[name] = total
 
     def _trainable(self) -> dict[str, nn.Parameter]:
+        """The model's trainable parameters, which must be those of the earlier consolidations."""
         params = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
         if self._params and set(params) != set(self._params):
             raise ValueError(
@@ -337,7 +342,41 @@ class QuadraticPenalty:
                 f"added {sorted(set(params) - set(self._params))}, "
                 f"removed {sorted(set(self._params) - set(params))}"
             )
+        for name, param in params.items():
+            self._check_shape(name, param)
         return params
+
+    def _bound_params(self) -> dict[str, nn.Parameter]:
+        """The model's parameters now, under the consolidated names, in the consolidated order.
+
+        Looked up again on every call: the penalty is on the model's parameters by name, so a
+        module replaced by one of the same shapes, or ``load_state_dict(..., assign=True)``, is
+        followed. A consolidated parameter the model no longer has, or whose shape changed, is an
+        error: its Ω and θ̄ would otherwise be applied to nothing, or broadcast.
+        """
+        current = dict(self.model.named_parameters())
+        missing = [name for name in self._params if name not in current]
+        if missing:
+            raise ValueError(
+                f"the model no longer has the consolidated parameters {missing}: the penalty "
+                "holds Ω and θ̄ for them; consolidate a new penalty for the changed model"
+            )
+        bound = {name: current[name] for name in self._params}
+        for name, param in bound.items():
+            self._check_shape(name, param)
+        if any(bound[name] is not param for name, param in self._params.items()):
+            self._params, self._work = bound, None
+        return bound
+
+    def _check_shape(self, name: str, param: Tensor) -> None:
+        """Refuse a parameter whose shape is not that of its stored θ̄ (and Ω)."""
+        anchor = self._anchor.get(name)
+        if anchor is not None and anchor.shape != param.shape:
+            raise ValueError(
+                f"parameter {name!r} has shape {tuple(param.shape)} but was consolidated with "
+                f"shape {tuple(anchor.shape)}: Ω and θ̄ would be broadcast; consolidate a new "
+                "penalty for the changed model"
+            )
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to rebuild the penalty on the same model (tensors and plain data)."""

@@ -83,6 +83,7 @@ class SynapticIntelligence(QuadraticPenalty):
     @torch.no_grad()
     def before_step(self) -> None:
         """Record the task loss's gradient g (from ``.grad``) and the parameters before the step."""
+        self._follow_model()
         grads = {
             n: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
             for n, p in self._tracked.items()
@@ -99,6 +100,7 @@ class SynapticIntelligence(QuadraticPenalty):
             )
         grads, before = self._pending
         self._pending = None
+        self._follow_model()
         for name, param in self._tracked.items():
             self._path[name].sub_(grads[name] * (param.detach() - before[name]))
 
@@ -107,6 +109,7 @@ class SynapticIntelligence(QuadraticPenalty):
         """End of a task: Ω ← max(0, Ω + ω / (Δ² + ξ)), anchor θ̃ = θ now; ω and Δ restart."""
         if self._pending is not None:
             raise RuntimeError("before_step() was called without its after_step()")
+        self._follow_model()
         total = {}
         for name, param in self._tracked.items():
             moved = param.detach() - self._start[name]
@@ -121,6 +124,25 @@ class SynapticIntelligence(QuadraticPenalty):
             raise
         self._start = {n: p.detach().clone() for n, p in self._tracked.items()}
         self._path = {n: torch.zeros_like(t) for n, t in self._path.items()}
+
+    def _follow_model(self) -> None:
+        """Track the model's parameters now, by name (a replaced module is followed).
+
+        Raises:
+            ValueError: a tracked parameter is gone, or its shape changed (ω and the task's
+                start could not apply to it).
+        """
+        current = dict(self.model.named_parameters())
+        missing = [name for name in self._tracked if name not in current]
+        if missing:
+            raise ValueError(f"the model no longer has the tracked parameters {missing}")
+        for name in self._tracked:
+            if current[name].shape != self._start[name].shape:
+                raise ValueError(
+                    f"parameter {name!r} has shape {tuple(current[name].shape)} but SI tracks "
+                    f"it with shape {tuple(self._start[name].shape)}"
+                )
+        self._tracked = {name: current[name] for name in self._tracked}
 
     def state_dict(self) -> dict[str, Any]:
         """The penalty's state plus ξ, the running ω and the task's starting parameters."""
