@@ -60,8 +60,16 @@ class ModuleCall:
 
     @property
     def input(self) -> Tensor:
-        """The first positional argument: the input of every layer with a closed-form rule."""
-        return self.args[0]
+        """The input of every layer with a closed-form rule.
+
+        Its first positional argument, or the keyword argument ``input`` (the name of that
+        argument in their ``forward``).
+        """
+        if self.args:
+            return self.args[0]
+        if "input" in self.kwargs:
+            return self.kwargs["input"]
+        raise TypeError(f"module {self.name!r} was called without an input tensor")
 
     def arguments(self) -> list[Any]:
         """The positional and keyword arguments, nested ones flattened (computed once)."""

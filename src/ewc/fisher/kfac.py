@@ -48,8 +48,10 @@ from ewc.fisher.coverage import plan_batch
 from ewc.fisher.diagonal import DiagonalFisher
 from ewc.fisher.distributed import AllReduce, all_reduce_factor_sums
 from ewc.fisher.estimator import diagonal_fisher
+from ewc.fisher.independence import check_inputs
 from ewc.fisher.kinds import FisherKind
 from ewc.fisher.kronecker import KroneckerFactors, KroneckerFisher
+from ewc.fisher.verify import TOLERANCE
 
 #: Entries (floats) one temporary of per-position patches may hold before it is cut in chunks.
 _PATCH_BUDGET = 1 << 22
@@ -174,6 +176,8 @@ def _factor_sums(
             with recorder.paused():
                 if count == 0:
                     _check_complete(logits, vectors[0], calls, layers)
+                    tolerance = TOLERANCE.get(logits.dtype, 1e-4)
+                    check_inputs(model, batch.inputs, output_fn, logits, tolerance)
                 _accumulate(sums, logits, vectors, calls, layers)
             count += batch.size
             if kept is not None:

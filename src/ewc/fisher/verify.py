@@ -11,7 +11,8 @@ is non-zero with probability one. So the check proves, up to the rounding of the
 
 A mismatch moves the parameter to the whole-model path and checks again; a mismatch there means
 no correct path exists (a sample's output depends on other samples of the batch), and is an
-error that names the parameter.
+error that names the parameter. A sum cannot show which rows are which sample: that is the check
+of `ewc.fisher.independence`, run on the same batch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from torch import Tensor, nn
 
 from ewc.fisher.capture import CallRecorder
 from ewc.fisher.coverage import Plan
+from ewc.fisher.independence import check_independence
 from ewc.fisher.rules import rule_for
+from ewc.fisher.rules.base import UndefinedFisherError
 from ewc.fisher.whole_model import whole_model_sums
 
 #: Largest relative difference ‖rules − autograd‖ / ‖autograd‖ accepted, by the model's dtype:
@@ -37,6 +40,7 @@ TOLERANCE = {
 }
 
 MISMATCH = "the per-layer rules' summed gradient differs from autograd's by {:.1%}"
+RULE_FAILED = "its per-layer rule failed on this call ({}: {})"
 
 
 def check_plan(
@@ -57,7 +61,10 @@ def check_plan(
     u = torch.randn(logits.shape, generator=gen, dtype=torch.float64)
     u = u.to(device=logits.device, dtype=logits.dtype)
     tensors = [params[n] for n in names]
-    truth, ours = _autograd_and_rules(plan, recorder, logits, u, tensors, names, dtype)
+    truth, ours, failed = _autograd_and_rules(plan, recorder, logits, u, tensors, names, dtype)
+    plan.route_to_whole_model(failed)
+    tolerance = TOLERANCE.get(logits.dtype, 1e-4)
+    routed = check_independence(plan, recorder, logits, model, inputs, output_fn, tolerance)
     with recorder.paused():
         if plan.whole_model:
             ours.update(_whole(model, inputs, u, list(plan.whole_model), output_fn, dtype))
@@ -66,7 +73,7 @@ def check_plan(
             plan.route_to_whole_model(moved)
             again = _whole(model, inputs, u, list(moved), output_fn, dtype)
             _raise_if_wrong(_mismatches(list(moved), truth, again, {}, logits.dtype))
-    return moved
+    return {**routed, **failed, **moved}
 
 
 def _autograd_and_rules(
@@ -77,8 +84,13 @@ def _autograd_and_rules(
     tensors: list[nn.Parameter],
     names: list[str],
     dtype: torch.dtype,
-) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Autograd's gradient of ⟨u, z⟩ per parameter, and the rules' Σₙ per-sample gradients."""
+) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, str]]:
+    """Autograd's gradient of ⟨u, z⟩, the rules' Σₙ per-sample gradients, the rules that failed.
+
+    A parameter whose rule raised on this call (a call it cannot read, such as a recurrent
+    layer's (layers, N, H) state) is returned with the error, for the whole-model path; a module
+    for which no per-sample Fisher exists (`UndefinedFisherError`) stays an error.
+    """
     calls = recorder.calls
     positions = sorted({i for sites in plan.sites.values() for i, _ in sites})
     edges = [edge for i in positions for edge in calls[i].edges]
@@ -93,12 +105,19 @@ def _autograd_and_rules(
         ]
         start = stop
     ours: dict[str, Tensor] = {}
+    failed: dict[str, str] = {}
     with recorder.paused(), torch.no_grad():
         for name, sites in plan.sites.items():
-            for i, local in sites:
-                part = rule_for(calls[i].module).summed(calls[i], at_edges[i], [local])[local]
-                ours[name] = ours[name] + part if name in ours else part
-    return truth, ours
+            try:
+                for i, local in sites:
+                    part = rule_for(calls[i].module).summed(calls[i], at_edges[i], [local])[local]
+                    ours[name] = ours[name] + part if name in ours else part
+            except UndefinedFisherError:
+                raise
+            except Exception as error:  # a call this rule cannot read: the whole-model path can
+                ours.pop(name, None)
+                failed[name] = RULE_FAILED.format(type(error).__name__, error)
+    return truth, ours, failed
 
 
 def _whole(

@@ -28,6 +28,11 @@ from torch import Tensor
 from ewc._chunks import sample_ranges
 from ewc.fisher.capture import ModuleCall
 
+
+class UndefinedFisherError(ValueError):
+    """A module mixes the samples of a batch by design: a per-sample Fisher is undefined for it."""
+
+
 #: Largest number of per-sample entries materialised at once (2**22 floats = 16 MiB in fp32).
 #: Blocks above 32 MiB are mmap-ed afresh by glibc on every allocation, and their page faults
 #: measured slower than the arithmetic (CNN, batch 256: 1.6-1.7x a training epoch at 2**24, 1.3x

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ewc.fisher.capture import ModuleCall
-from ewc.fisher.rules.base import Partial, Rule
+from ewc.fisher.rules.base import Partial, Rule, UndefinedFisherError
 
 
 class EmbeddingRule(Rule):
@@ -74,7 +74,7 @@ class EmbeddingRule(Rule):
 def _checked(call: ModuleCall) -> torch.nn.Embedding:
     module = call.module
     if module.scale_grad_by_freq:
-        raise ValueError(
+        raise UndefinedFisherError(
             f"embedding {call.name!r} uses scale_grad_by_freq=True, which scales each sample's "
             "gradient by word counts over the whole batch; a per-sample Fisher is undefined"
         )

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ewc.fisher.capture import ModuleCall
-from ewc.fisher.rules.base import Rule, sum_except
+from ewc.fisher.rules.base import Rule, UndefinedFisherError, sum_except
 
 
 class AffineNormRule(Rule):
@@ -76,7 +76,7 @@ def _group_norm_input(call: ModuleCall, dtype: torch.dtype) -> Tensor:
 def _batch_norm_input(call: ModuleCall, dtype: torch.dtype) -> Tensor:
     m, x = call.module, call.input.to(dtype)
     if m.training or m.running_mean is None:
-        raise ValueError(
+        raise UndefinedFisherError(
             f"batch norm {call.name!r} normalises with batch statistics "
             "(track_running_stats=False), which couples the samples of a batch; "
             "a per-sample Fisher is undefined for it"
