@@ -91,8 +91,20 @@ def test_a_damaged_existing_file_is_replaced(kit, http_server, tmp_path):
     folder = tmp_path / "mnist"
     folder.mkdir()
     (folder / LABELS).write_bytes(b"half a file")
-    download("mnist", cache_dir=tmp_path, mirrors=[mirror], checksums=data.gz_checksums)
+    (folder / f"{LABELS}.mismatch").write_bytes(b"an earlier one")
+    reports = []
+    download(
+        "mnist",
+        cache_dir=tmp_path,
+        mirrors=[mirror],
+        checksums=data.gz_checksums,
+        progress=reports.append,
+    )
     assert (folder / LABELS).read_bytes() == data.gz_files[LABELS]
+    # what was there is kept beside it, under a free name, and the report says where
+    assert (folder / f"{LABELS}.mismatch").read_bytes() == b"an earlier one"
+    assert (folder / f"{LABELS}.mismatch-2").read_bytes() == b"half a file"
+    assert any(f"is now {folder / LABELS}.mismatch-2" in line for line in reports)
 
 
 def test_corrupted_file_raises_and_leaves_nothing(kit, http_server, tmp_path):

@@ -87,6 +87,7 @@ class DatasetSpec:
         mirrors: base URLs that serve the four ``.gz`` files, tried in order.
         checksums: file name → MD5 (``.gz`` and uncompressed keys, see :mod:`ewc.data.checksums`).
         licence: authors and licence, for provenance notes.
+        sizes: the official training and test set sizes (all three: 60,000 and 10,000).
     """
 
     name: DatasetName
@@ -95,6 +96,7 @@ class DatasetSpec:
     mirrors: tuple[str, ...]
     checksums: Mapping[str, str]
     licence: str
+    sizes: tuple[int, int] = (60_000, 10_000)
 
 
 _MNIST = DatasetSpec(

@@ -47,6 +47,13 @@ class ImageDataset:
                     f"{split}_labels must be int64 of shape ({images.shape[0]},); "
                     f"got {labels.dtype} of shape {tuple(labels.shape)}"
                 )
+            outside = (labels < 0) | (labels >= len(self.classes))
+            if bool(outside.any()):
+                index = int(outside.nonzero()[0])
+                raise ValueError(
+                    f"{split}_labels[{index}] = {int(labels[index])} is not a class: labels "
+                    f"index classes, so they must lie in [0, {len(self.classes)})"
+                )
 
     @property
     def num_classes(self) -> int:

@@ -86,6 +86,17 @@ def download(
     return folder
 
 
+def _set_aside(target: Path) -> Path | None:
+    """Rename a file at ``target`` to a free ``<name>.mismatch[-k]``: it is never overwritten."""
+    if not target.exists():
+        return None
+    aside, counter = target.with_name(target.name + ".mismatch"), 2
+    while aside.exists():
+        aside, counter = target.with_name(f"{target.name}.mismatch-{counter}"), counter + 1
+    target.rename(aside)
+    return aside
+
+
 def _fetch(
     target: Path,
     bases: Sequence[str],
@@ -106,8 +117,10 @@ def _fetch(
         except (DownloadError, DataFileError) as error:
             failures.append(str(error))
             continue
+        kept = _set_aside(target)
         _write(target, body)
-        report(f"{target}: downloaded from {url}, checksum verified")
+        aside = f" (the file that was there, which failed the checksum, is now {kept})"
+        report(f"{target}: downloaded from {url}, checksum verified{aside if kept else ''}")
         return
     raise DownloadError(
         f"{target.name}: no mirror delivered a verified copy; tried:\n  " + "\n  ".join(failures)

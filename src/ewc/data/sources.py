@@ -17,8 +17,11 @@ Sources (the ``source=`` argument):
 
 A source is used when all four files are present. If one of them then fails a check (checksum,
 gzip, IDX structure), :class:`DataFileError` is raised at once: a damaged file is never silently
-replaced by another source. A source with missing files is skipped; when no source has the data
-set, :class:`DatasetNotFoundError` lists every place tried.
+replaced by another source. A source with missing files is skipped, except a ``data_dir`` the
+user named: a typo or an incomplete folder must not turn into a run on other data (the embedded
+subset), so it ends the search. When no source has the data set, :class:`DatasetNotFoundError`
+lists every place tried. Files that no known digest verifies must hold the official number of
+images.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ewc.data.catalog import DatasetName, DatasetSpec, get_spec
 from ewc.data.checksums import Checksums
 from ewc.data.dataset import ImageDataset
 from ewc.data.embedded_mnist import load_embedded_mnist
-from ewc.data.errors import DatasetNotFoundError
+from ewc.data.errors import DataFileError, DatasetNotFoundError
 from ewc.data.files import describe_checks, find_idx_files, read_all
 
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -100,8 +103,10 @@ def load_dataset(
             for directory in _directories(spec, candidate, data_dir, cache_dir, debian_dir):
                 found, missing = find_idx_files(directory)
                 if not missing:
-                    return _load_files(spec, candidate, directory, found, table)
+                    return _load_files(spec, candidate, directory, found, table, checksums)
                 tried.append(f"{candidate.value} ({directory}: {_lacking(directory, missing)})")
+            if candidate is Source.DIR:  # a data_dir the user named is never passed over
+                break
     raise DatasetNotFoundError(
         f"{spec.title} ({spec.name.value!r}) was not found; tried: {'; '.join(tried)}. "
         f"Download it with `ewc download {spec.name.value}`, or pass data_dir= a folder that "
@@ -148,12 +153,32 @@ def _lacking(directory: Path, missing: tuple[str, ...]) -> str:
 
 
 def _load_files(
-    spec: DatasetSpec, source: Source, directory: Path, files: dict[str, Path], table: Checksums
+    spec: DatasetSpec,
+    source: Source,
+    directory: Path,
+    files: dict[str, Path],
+    table: Checksums,
+    own_table: Checksums | None,
 ) -> ImageDataset:
-    """Read the four files found in ``directory`` into an :class:`ImageDataset`."""
+    """Read the four files found in ``directory`` into an :class:`ImageDataset`.
+
+    A file that no digest of the catalog's table verifies (KMNIST's uncompressed files) must at
+    least hold the official number of images: other data would otherwise pass as this data set.
+    """
     train_images, train_labels, test_images, test_labels, unverified = read_all(
         files, checksums=table, dataset=spec.name.value, num_classes=len(spec.classes)
     )
+    if unverified and own_table is None:
+        for split, images, official in (
+            ("training", train_images, spec.sizes[0]),
+            ("test", test_images, spec.sizes[1]),
+        ):
+            if len(images) != official:
+                raise DataFileError(
+                    f"{directory}: the {split} files hold {len(images):,} images, but the "
+                    f"official {spec.title} {split} set has {official:,}; with no known checksum "
+                    f"for {', '.join(unverified)} the counts must match (these are other data)"
+                )
     where = {
         Source.DIR: f"folder {directory}",
         Source.CACHE: f"cache {directory}",
