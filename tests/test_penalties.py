@@ -426,3 +426,80 @@ def test_the_work_buffers_change_no_bit(model):
     model.zero_grad(set_to_none=True)
     assert torch.equal(penalty.add_gradient_(), value)
     assert all(torch.equal(p.grad, 3.0 * w) for p, w in zip(params, fresh, strict=True))
+
+
+def consolidated_pair(model, strength=4.0):
+    """The model's penalty after one task, and a deep-copied twin with the same penalty."""
+    penalty = ewc.EWC(model, strength=strength)
+    penalty.consolidate(random_fisher(model, 0))
+    move(model, 3)
+    twin = copy.deepcopy(model)
+    twin_penalty = ewc.EWC(twin, strength=strength)
+    twin_penalty.load_state_dict(penalty.state_dict())
+    return penalty, twin, twin_penalty
+
+
+BATCH = (torch.randn(6, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2]))
+
+
+def test_attach_with_one_optimizer_per_layer_penalises_each_layer_once(model):
+    penalty, twin, twin_penalty = consolidated_pair(model)
+    first = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    second = torch.optim.Adam(model[2].parameters(), lr=0.01)
+    for optimizer in (first, second):
+        penalty.attach(optimizer)
+    plain = [
+        torch.optim.SGD(twin[0].parameters(), lr=0.1),
+        torch.optim.Adam(twin[2].parameters(), lr=0.01),
+    ]
+    for _ in range(2):
+        for o in (first, second, *plain):
+            o.zero_grad()
+        nn.functional.cross_entropy(model(BATCH[0]), BATCH[1]).backward()
+        second.step()
+        first.step()  # the order of the steps does not matter
+        (nn.functional.cross_entropy(twin(BATCH[0]), BATCH[1]) + twin_penalty()).backward()
+        for o in plain:
+            o.step()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.allclose(p, q, rtol=1e-12, atol=1e-14)
+
+
+def test_attach_under_a_grad_scaler_with_a_fused_optimizer(model):
+    """A fused optimizer unscales inside its step: the penalty's gradient must carry the scale."""
+    penalty, twin, twin_penalty = consolidated_pair(model)
+    fused = torch.optim.SGD(model.parameters(), lr=0.1, fused=True)
+    penalty.attach(fused)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(nn.functional.cross_entropy(model(BATCH[0]), BATCH[1])).backward()
+    scaler.step(fused)
+    plain = torch.optim.SGD(twin.parameters(), lr=0.1)
+    (nn.functional.cross_entropy(twin(BATCH[0]), BATCH[1]) + twin_penalty()).backward()
+    plain.step()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.allclose(p, q, rtol=1e-12, atol=1e-14)
+
+
+def test_attach_refuses_what_would_lose_or_double_the_penalty(model):
+    penalty, twin, _ = consolidated_pair(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    penalty.attach(optimizer)
+    with pytest.raises(ValueError, match="already attached to this optimizer"):
+        penalty.attach(optimizer)
+    with pytest.raises(ValueError, match="LBFGS re-evaluates its closure"):
+        penalty.attach(torch.optim.LBFGS(model.parameters()))
+    other = torch.optim.SGD(twin.parameters(), lr=0.1)  # another model's parameters
+    penalty.attach(other)
+    nn.functional.cross_entropy(twin(BATCH[0]), BATCH[1]).backward()
+    with pytest.raises(ValueError, match="holds none of the penalised parameters"):
+        other.step()
+
+
+def test_a_step_without_any_gradient_stays_a_no_op(model):
+    penalty, _, _ = consolidated_pair(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    penalty.attach(optimizer)
+    before = snapshot(model)
+    optimizer.zero_grad(set_to_none=True)
+    optimizer.step()  # e.g. a skipped batch: nothing was backpropagated
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())

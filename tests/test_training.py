@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -10,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import ewc
+from ewc._batches import Batch
+from ewc.training import train_step
 
 
 def separable(n=64, seed=0):
@@ -179,3 +182,18 @@ def test_token_accuracy_leaves_out_the_ignored_tokens():
     assert ewc.evaluate(model, [(logits, targets)]) == 0.5
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\) or -100 \(ignored\); got 7"):
         ewc.evaluate(model, [(logits, torch.tensor([[0, 7, -100]]))])
+
+
+def test_train_step_refuses_a_penalty_it_would_apply_twice_or_to_another_model():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2).double()
+    penalty = ewc.EWC(model, strength=1.0)
+    penalty.consolidate({n: torch.ones_like(p) for n, p in model.named_parameters()})
+    batch = Batch(0, torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1, 0, 1]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    penalty.attach(optimizer)
+    with pytest.raises(ValueError, match="would be added twice"):
+        train_step(model, batch, optimizer, penalty=penalty)
+    other = copy.deepcopy(model)
+    with pytest.raises(ValueError, match="built on another model"):
+        train_step(other, batch, torch.optim.SGD(other.parameters(), lr=0.1), penalty=penalty)

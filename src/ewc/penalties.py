@@ -32,7 +32,7 @@ cast to the parameter's dtype only when it is added to ``.grad``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -153,12 +153,19 @@ class QuadraticPenalty:
     __call__ = penalty
 
     @torch.no_grad()
-    def add_gradient_(self, *, value: bool = True) -> Tensor | None:
+    def add_gradient_(
+        self,
+        *,
+        value: bool = True,
+        parameters: Iterable[Tensor] | None = None,
+        loss_scale: float = 1.0,
+    ) -> Tensor | None:
         """Add the penalty's gradient λ Ω (θ − θ̄) straight into each parameter's ``.grad``.
 
         Equivalent to ``penalty().backward()`` after the task loss's backward, without going
         through autograd at all. Returns the penalty's (detached) value, or None when ``value``
-        is False.
+        is False. A parameter frozen since the consolidation (``requires_grad=False``) gets
+        nothing, as with autograd.
 
         With the value, four element-wise passes per parameter, whatever the number of
         consolidated tasks: Δ = θ − θ̄ and w = Ω Δ into buffers kept between steps, the value's
@@ -166,31 +173,42 @@ class QuadraticPenalty:
         own). Without it (the `attach` hook, which has no use for it) two: Δ = θ − θ̄, then
         ``.grad += 2hλ Ω Δ`` in one fused multiply-add that reads Ω where it is added (Kronecker
         terms, whose gradient is not element-wise, take the four-pass path).
+
+        Args:
+            value: also return the penalty's value.
+            parameters: add only into these (one optimizer's, where several share the model);
+                None: every penalised parameter.
+            loss_scale: the factor the gradients still carry (a fused optimizer under
+                ``torch.amp.GradScaler`` divides by it inside its step); the penalty's gradient
+                is multiplied by it too.
         """
+        only = None if parameters is None else {id(p) for p in parameters}
         if not self._params:
             return torch.zeros(()) if value else None
         params = list(self._bound_params().values())
         if not value and not self._kronecker.terms:
-            self._add_gradient_only(params)
+            self._add_gradient_only(params, only, loss_scale)
             return None
         total, weighted = self._value_and_weighted(params, self._work_buffers(params))
-        scale = self._gradient_scale()
+        scale = self._gradient_scale() * loss_scale
         for param, w in zip(params, weighted, strict=True):
-            if not param.requires_grad:  # frozen since: no gradient, as with autograd
-                continue
+            if not param.requires_grad or (only is not None and id(param) not in only):
+                continue  # frozen since (no gradient, as with autograd), or another optimizer's
             if param.grad is None:
                 param.grad = torch.mul(w, scale).to(param.dtype)
             else:
                 param.grad.add_(w, alpha=scale)
         return total if value else None
 
-    def _add_gradient_only(self, params: list[nn.Parameter]) -> None:
+    def _add_gradient_only(
+        self, params: list[nn.Parameter], only: set[int] | None, factor: float
+    ) -> None:
         """``.grad += 2hλ Ω (θ − θ̄)`` in two passes: the difference, then one fused addcmul."""
         differences, _ = self._work_buffers(params)
-        scale = self._gradient_scale()
+        scale = self._gradient_scale() * factor
         for (name, param), difference in zip(self._params.items(), differences, strict=True):
-            if not param.requires_grad:  # frozen since: no gradient, as with autograd
-                continue
+            if not param.requires_grad or (only is not None and id(param) not in only):
+                continue  # frozen since (no gradient, as with autograd), or another optimizer's
             importance = self._importance[name]
             torch.sub(param, self._anchor[name], out=difference)
             if param.grad is None:
@@ -208,12 +226,15 @@ class QuadraticPenalty:
         read once per step whatever the number of consolidated tasks). It is registered with
         `torch.optim.Optimizer.register_step_pre_hook`, so it runs after anything your loop does
         between ``backward`` and ``step``: gradient clipping sees the task gradient only, and with
-        ``torch.amp.GradScaler`` the penalty's gradient is added after unscaling. Optimizers that
-        re-evaluate a closure inside ``step`` (LBFGS) would not see it: add ``penalty()`` to the
-        closure's loss instead. Consolidating later needs no new ``attach``.
+        ``torch.amp.GradScaler`` the penalty's gradient is added after unscaling (a fused
+        optimizer, which unscales inside its step, gets it scaled alike). Only the optimizer's own
+        parameters get it: with several optimizers over one model, attach the penalty to each. A
+        step with no gradient at all (nothing was backpropagated) stays a no-op. LBFGS, which
+        re-evaluates a closure inside ``step``, is refused: add ``penalty()`` to the closure's
+        loss instead. Consolidating later needs no new ``attach`` (a second one is refused).
 
         Args:
-            optimizer: any torch optimizer over (at least) the penalised parameters.
+            optimizer: a torch optimizer over (some of) the penalised parameters.
 
         Returns:
             The hook's handle: ``handle.remove()`` detaches the penalty.
@@ -230,7 +251,23 @@ class QuadraticPenalty:
                 f"attach needs a torch.optim.Optimizer; got {type(optimizer).__name__} "
                 "(in a loop without one, call penalty.add_gradient_() after backward)"
             )
+        if isinstance(optimizer, torch.optim.LBFGS):
+            raise ValueError(
+                "LBFGS re-evaluates its closure (which zeroes the gradients) inside step, after "
+                "the hook has run, so the penalty would be lost; add penalty() to the closure's "
+                "loss instead"
+            )
+        if self.is_attached_to(optimizer):
+            raise ValueError(
+                "this penalty is already attached to this optimizer: a second hook would add its "
+                "gradient twice (consolidating later needs no new attach)"
+            )
         return optimizer.register_step_pre_hook(_StepHook(self))
+
+    def is_attached_to(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether `attach` has hooked this penalty to ``optimizer`` (and the hook is in place)."""
+        hooks = getattr(optimizer, "_optimizer_step_pre_hooks", {})
+        return any(isinstance(h, _StepHook) and h.penalty is self for h in hooks.values())
 
     def _work_buffers(self, params: list[nn.Parameter]) -> tuple[list[Tensor], list[Tensor]]:
         """Two tensors per parameter for θ − θ̄ and Ω (θ − θ̄), kept from one step to the next.
@@ -368,6 +405,14 @@ class QuadraticPenalty:
             self._params, self._work = bound, None
         return bound
 
+    def penalised_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters the penalty pulls on, as the model holds them now.
+
+        None before the first consolidation; raises if the model lost or reshaped one
+        (`_bound_params`).
+        """
+        return self._bound_params() if self._params else {}
+
     def _check_shape(self, name: str, param: Tensor) -> None:
         """Refuse a parameter whose shape is not that of its stored θ̄ (and Ω)."""
         anchor = self._anchor.get(name)
@@ -445,7 +490,32 @@ class _StepHook:
         self.penalty = penalty
 
     def __call__(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self.penalty.add_gradient_(value=False)  # the step has no use for the value
+        """Add the penalty's gradient to this optimizer's parameters (the value is not needed).
+
+        Nothing is added when none of the optimizer's parameters has a gradient (no backward ran:
+        a skipped step must not become a penalty-only step); gradients a fused optimizer will
+        still unscale (``optimizer.grad_scale``, set by ``torch.amp.GradScaler``) get the penalty's
+        gradient scaled alike.
+
+        Raises:
+            ValueError: the optimizer holds none of the penalised parameters (a penalty built on
+                another model).
+        """
+        penalty = self.penalty
+        if not penalty.num_tasks:
+            return
+        own = [p for group in optimizer.param_groups for p in group["params"]]
+        only = {id(p) for p in own}
+        if not any(id(p) in only for p in penalty.penalised_parameters().values()):
+            raise ValueError(
+                "the optimizer holds none of the penalised parameters: the penalty was built on "
+                "another model (or this optimizer trains other parameters only)"
+            )
+        if all(p.grad is None for p in own):
+            return
+        scale = getattr(optimizer, "grad_scale", None)
+        loss_scale = 1.0 if scale is None else float(scale)
+        penalty.add_gradient_(value=False, parameters=own, loss_scale=loss_scale)
 
 
 class EWC(QuadraticPenalty):

@@ -126,6 +126,7 @@ def train_step(
     if loss_fn is cross_entropy or loss_fn is F.cross_entropy:
         check_targets(logits, batch.targets, batch)
     task_loss = loss_fn(logits, batch.targets)
+    _check_penalty_and_optimizer(penalty, optimizer)
     optimizer.zero_grad(set_to_none=True)
     if isinstance(penalty, GradientPenalty):
         task_loss.backward()
@@ -195,3 +196,29 @@ def _describe_non_finite(batch: Batch, task_loss: Tensor, penalty: Tensor | None
             "the strength"
         )
     return f"batch {batch.index}: the loss is not finite ({parts}); the step was not taken. {hint}"
+
+
+def _check_penalty_and_optimizer(penalty: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse a penalty that this step would apply twice, or to parameters it does not train.
+
+    Raises:
+        ValueError: the penalty is also attached to the optimizer (its hook would add the
+            gradient a second time), or the optimizer holds none of its parameters (a penalty
+            built on another model).
+    """
+    if penalty is None or not getattr(penalty, "num_tasks", 0):
+        return
+    attached = getattr(penalty, "is_attached_to", None)
+    if attached is not None and attached(optimizer):
+        raise ValueError(
+            "the penalty is attached to this optimizer (penalty.attach) and passed to train_step: "
+            "its gradient would be added twice; use one of the two"
+        )
+    params = getattr(penalty, "penalised_parameters", None)
+    if params is not None:
+        own = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if not any(id(p) in own for p in params().values()):
+            raise ValueError(
+                "the optimizer holds none of the penalised parameters: the penalty was built on "
+                "another model than the one this step trains"
+            )

@@ -162,3 +162,34 @@ def test_one_callback_refuses_a_second_module():
 def test_bad_settings_fail_when_the_callback_is_made(options, message):
     with pytest.raises(ValueError, match=message):
         EWCCallback(**options)
+
+
+class SkipsOddBatches(Classifier):
+    """Returns None for odd batches: Lightning still steps, which must not move a thing."""
+
+    def training_step(self, batch, batch_index):
+        return None if batch_index % 2 else super().training_step(batch, batch_index)
+
+
+class WithLBFGS(Classifier):
+    def configure_optimizers(self):
+        return torch.optim.LBFGS(self.parameters(), lr=LR)
+
+
+@pytest.mark.filterwarnings("ignore:`training_step` returned `None`:UserWarning")
+def test_a_skipped_batch_is_not_a_penalty_only_step():
+    module, callback = SkipsOddBatches(), EWCCallback(strength=STRENGTH)
+    reference = copy.deepcopy(module.net)
+    penalty = ewc.EWC(reference, strength=STRENGTH)
+    for seed in (1, 2):
+        loader = task(seed)
+        fit(module, loader, callback)
+        kept = [batch for index, batch in enumerate(loader) if index % 2 == 0]
+        reference_fit(reference, kept, penalty)
+        assert_same_parameters(module.net, reference)
+        penalty.consolidate(ewc.diagonal_fisher(reference, loader))
+
+
+def test_lbfgs_is_refused():
+    with pytest.raises(ValueError, match="cannot serve LBFGS"):
+        fit(WithLBFGS(), task(1), EWCCallback(strength=STRENGTH))

@@ -228,3 +228,22 @@ def test_bad_settings_fail_when_the_callback_is_made():
         EWCCallback(strength=-1.0)
     with pytest.raises(ValueError, match="model task"):
         EWCCallback(strength=1.0, task="translation")
+
+
+def test_gradient_accumulation_that_the_trainer_leaves_undivided_is_refused(tmp_path):
+    """transformers 5 sums, not averages, the micro-batches of a model whose forward takes
+    **kwargs: the penalty, added once, would be the strength divided by the accumulation steps."""
+    accumulate = {"per_device_train_batch_size": SEQUENCES // 2, "gradient_accumulation_steps": 2}
+    dataset = sequences(1, "class")
+    with pytest.raises(ValueError, match="leaves the loss of this model undivided"):
+        train(bert_classifier(), dataset, EWCCallback(strength=STRENGTH), tmp_path, **accumulate)
+    model, callback = bert_classifier(), EWCCallback(strength=STRENGTH)
+    model.accepts_loss_kwargs = False  # the Trainer divides: the mean of the two micro-batches
+    reference = copy.deepcopy(model)
+    penalty = ewc.EWC(reference, strength=STRENGTH)
+    for seed in (1, 2):
+        dataset = sequences(seed, "class")
+        train(model, dataset, callback, tmp_path / f"task{seed}", **accumulate)
+        reference_train(reference, dataset, penalty)
+        assert_same_parameters(model, reference)
+        penalty.consolidate(reference_fisher(reference, dataset, False))

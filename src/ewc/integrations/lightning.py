@@ -92,17 +92,41 @@ class EWCCallback(pl.Callback):
             )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Attach the penalty to the module (restoring a checkpoint's state if one was loaded)."""
+        """Attach the penalty to the module (restoring a checkpoint's state if one was loaded).
+
+        Raises:
+            ValueError: an LBFGS optimizer: it re-evaluates the closure inside its step, where the
+                gradient this callback adds is not in the loss it sees (its line search would
+                compare losses without the penalty against gradients with it).
+        """
+        for optimizer in trainer.optimizers:
+            if isinstance(_inner(optimizer), torch.optim.LBFGS):
+                raise ValueError(
+                    "EWCCallback cannot serve LBFGS: its closure's loss would leave the penalty "
+                    "out while the gradient holds it; add ewc.EWC's penalty() to the loss in "
+                    "training_step instead"
+                )
         self._penalty_for(pl_module)
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        """Add λ Ω (θ − θ̄) to ``.grad`` once per optimizer step and log the penalty's value."""
+        """Add λ Ω (θ − θ̄) to ``.grad`` once per optimizer step and log the penalty's value.
+
+        Only the parameters of the optimizer that steps get it (with several optimizers each adds
+        its own part), and nothing when none of them has a gradient (``training_step`` returned
+        None: Lightning still steps, which must not become a penalty-only step). A fused optimizer
+        under 16-bit mixed precision unscales its gradients inside its step, after this hook: the
+        penalty's gradient is scaled alike.
+        """
         penalty = self._penalty_for(pl_module)
         if penalty.num_tasks == 0:
             return
-        value = penalty.add_gradient_()
+        own = [p for group in optimizer.param_groups for p in group["params"]]
+        if all(p.grad is None for p in own):
+            return
+        scale = _pending_scale(trainer, optimizer)
+        value = penalty.add_gradient_(parameters=own, loss_scale=scale)
         pl_module.log("ewc_penalty", value.detach().float(), on_step=True, on_epoch=False)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -131,3 +155,20 @@ class EWCCallback(pl.Callback):
     def _penalty_for(self, pl_module: pl.LightningModule) -> EWC:
         """The penalty on ``pl_module``, created on first use; one callback serves one module."""
         return self._holder.for_model(pl_module)
+
+
+def _inner(optimizer: Any) -> Any:
+    """The torch optimizer inside Lightning's wrapper (or the optimizer itself)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _pending_scale(trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> float:
+    """The loss scale still on the gradients at this hook, else 1.
+
+    That of 16-bit mixed precision's GradScaler, for an optimizer that unscales inside its own
+    step (a fused one).
+    """
+    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+    if scaler is None or not getattr(_inner(optimizer), "_step_supports_amp_scaling", False):
+        return 1.0
+    return float(scaler.get_scale())

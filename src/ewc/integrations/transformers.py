@@ -24,6 +24,7 @@ models the log-likelihood of a sample is the sum over its scored tokens (the seq
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import os
@@ -135,6 +136,16 @@ class EWCCallback(transformers.TrainerCallback):
                 "with fp16 and max_grad_norm=0 the Trainer hands the optimizer-step hook scaled "
                 "gradients, to which the penalty's gradient cannot be added; set max_grad_norm > 0 "
                 "(the Trainer then unscales them first) or use bf16"
+            )
+        if args.gradient_accumulation_steps > 1 and _trainer_skips_its_division(model):
+            raise ValueError(
+                f"with gradient_accumulation_steps={args.gradient_accumulation_steps} the Trainer "
+                "leaves the loss of this model undivided (its forward takes **kwargs, so the "
+                "Trainer expects it to divide by num_items_in_batch, which most models' losses "
+                "do not): the task loss would be the sum over the micro-batches while the penalty "
+                "is added once, a strength divided by the accumulation steps. Set "
+                "model.accepts_loss_kwargs = False (the Trainer then divides) or accumulate over "
+                "one step"
             )
         if state.global_step > 0 and not self._loaded_by_user:
             self.load(Path(args.output_dir) / f"checkpoint-{state.global_step}")
@@ -327,3 +338,17 @@ def _targets(batch: Mapping[str, Any], task: ModelTask, kind: FisherKind) -> Ten
         f"a {task.value} Fisher batch needs 'labels' (for a masked LM: the masked tokens, −100 "
         "elsewhere, as DataCollatorForLanguageModeling makes them)"
     )
+
+
+def _trainer_skips_its_division(model: Any) -> bool:
+    """Whether `transformers.Trainer` leaves the loss undivided under gradient accumulation.
+
+    It does for a model that "accepts loss kwargs" (``model.accepts_loss_kwargs``, or else a
+    ``**kwargs`` in its forward), expecting the model to normalise by ``num_items_in_batch``
+    (transformers 5, ``Trainer.__init__`` and ``training_step``).
+    """
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    if hasattr(model, "accepts_loss_kwargs"):
+        return bool(model.accepts_loss_kwargs)
+    parameters = inspect.signature(model.forward).parameters.values()
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
