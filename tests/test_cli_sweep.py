@@ -43,6 +43,8 @@ def test_without_optuna_it_says_how_to_install_it(monkeypatch, capsys):
         (["--search", "strategies.ewc.strength=1", *TINY], "two or more"),
         (["--search", "strategies.ewc.fisher=exact,fishy", *TINY], "strategies.ewc.fisher"),
         (["--resume", "nowhere", "--seeds", "0"], "--resume takes the recorded sweep"),
+        (["--resume", "nowhere", "--objective", "forgetting"], "--resume takes the recorded sweep"),
+        (["--resume", "nowhere", "--sampler-seed", "7"], "--resume takes the recorded sweep"),
         (["--resume", "nowhere"], "is not a sweep directory"),
         (["--search", "training.lr=0.1,0.2", "--storage", "sqlite://"], "name the study"),
     ],
@@ -150,3 +152,14 @@ def test_two_machines_share_a_grid_on_postgresql(postgres_url, tmp_path):
     assert sorted(t.params["strategies.ewc.strength"] for t in study.trials) == [1, 10, 100, 1000]
     recorded = json.loads((dirs[0] / "sweep.json").read_text())
     assert recorded["storage"] == postgres_url  # no password in it, so it is recorded
+
+
+def test_resume_continues_the_recorded_study_only(tmp_path, capsys):
+    pytest.importorskip("optuna")
+    out = tmp_path / "sweep"
+    assert main(["sweep", *GRID, *TINY, "--out", str(out), "--no-report", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["sweep", "--resume", str(out), "--study", "other", "--no-report"]) == 2
+    assert "--resume continues the recorded study" in capsys.readouterr().err
+    assert main(["sweep", "--resume", str(out), "--storage", "sqlite:///x.db"]) == 2
+    assert "records another storage (its own journal file)" in capsys.readouterr().err

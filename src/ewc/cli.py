@@ -222,10 +222,12 @@ def _add_sweep(commands: argparse._SubParsersAction) -> None:
         help="strategies each trial runs; the first one's metric is the objective "
         "(default: those the search keys name)",
     )
-    sweep.add_argument("--sampler", choices=["grid", "tpe"], default="grid")
-    sweep.add_argument("--sampler-seed", type=int, default=0, help="seeds the sampler")
+    sweep.add_argument("--sampler", choices=["grid", "tpe"], help="grid (default) or tpe")
+    sweep.add_argument("--sampler-seed", type=int, help="seeds the sampler (default 0)")
     sweep.add_argument("--trials", type=_positive_int, help="trials in all (tpe)")
-    sweep.add_argument("--objective", choices=["acc", "bwt", "forgetting"], default="acc")
+    sweep.add_argument(
+        "--objective", choices=["acc", "bwt", "forgetting"], help="acc (default), bwt, forgetting"
+    )
     sweep.add_argument("--no-prune", action="store_true", help="run every trial to its end")
     sweep.add_argument(
         "--storage", help="an Optuna storage URL shared by workers, e.g. postgresql://…"
@@ -287,16 +289,31 @@ def _sweep_spec_and_dir(args: argparse.Namespace) -> tuple[Any, Path, str | None
 
     if args.resume is not None:
         given = [args.out, args.config, args.seeds, args.strategies, args.trials, *args.search]
+        given += [args.sampler, args.sampler_seed, args.objective, args.no_prune or None]
         if any(g is not None for g in given) or args.overrides:
-            raise ValueError("--resume takes the recorded sweep; give no search, config or --out")
+            raise ValueError(
+                "--resume takes the recorded sweep; give no search, config, sampler, objective, "
+                "pruning or --out"
+            )
         recorded = read_recorded(args.resume)
+        if args.study is not None and args.study != recorded["study"]:
+            raise ValueError(
+                f"{args.resume} is the sweep of study {recorded['study']!r}, not {args.study!r}; "
+                "--resume continues the recorded study"
+            )
+        stored = recorded["storage"]
+        if args.storage is not None and stored != HIDDEN_STORAGE and args.storage != stored:
+            raise ValueError(
+                f"{args.resume} records another storage ({stored or 'its own journal file'}); "
+                "--resume continues the recorded one"
+            )
         if args.storage is None and recorded["storage"] is not None:
             if recorded["storage"] == HIDDEN_STORAGE:
                 raise ValueError(
                     "this sweep's storage URL holds a password; give it with --storage"
                 )
             args.storage = recorded["storage"]
-        return SweepSpec.from_dict(recorded["spec"]), args.resume, args.study or recorded["study"]
+        return SweepSpec.from_dict(recorded["spec"]), args.resume, recorded["study"]
     if args.storage is not None and args.study is None:
         raise ValueError(
             "with --storage, name the study with --study, so that every worker joins it"
@@ -313,9 +330,9 @@ def _sweep_spec_and_dir(args: argparse.Namespace) -> tuple[Any, Path, str | None
     spec = SweepSpec(
         space={d.key: d.spec for d in dimensions},
         base=base,
-        sampler=args.sampler,
-        sampler_seed=args.sampler_seed,
-        objective=args.objective,
+        sampler=args.sampler or "grid",
+        sampler_seed=0 if args.sampler_seed is None else args.sampler_seed,
+        objective=args.objective or "acc",
         trials=args.trials,
         prune=not args.no_prune,
     )

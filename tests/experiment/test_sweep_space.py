@@ -44,6 +44,8 @@ def test_ranges_continuous_integer_and_linear_points():
     assert epochs.integer
     assert not epochs.finite
     assert steps.values == (0, 5, 10)
+    (halves,) = parse_space(["training.warmup_steps=0..5:3"])
+    assert halves.values == (0, 3, 5)  # 2.5 rounds up, not to the even 2
 
 
 @pytest.mark.parametrize(
@@ -57,6 +59,8 @@ def test_ranges_continuous_integer_and_linear_points():
         ("strategies.ewc.strength=a..3", "finite numbers"),
         ("strategies.ewc.fisher=exact", "two or more"),
         ("strategies.ewc.fisher=exact,exact", "repeats"),
+        ("strategies.ewc.strength=1,1.0", "repeats"),  # the same point, written twice
+        ("training.warmup_steps=0..1:5", "only 2 distinct integers for 5 points"),
     ],
 )
 def test_bad_entries_say_what_is_wrong(entry, message):
@@ -121,3 +125,17 @@ def test_config_toml_reads_back_to_the_same_config(tmp_path, overrides):
     path.write_text(text, encoding="utf-8")
     assert resolve(path) == config  # None (a default) is left out and read back as the default
     assert resolve(path).hash() == config.hash()
+
+
+def test_a_float_range_on_an_integer_key_fails_before_any_trial():
+    """A log range draws floats: an integer key must be refused now, not in every trial."""
+    with pytest.raises(ConfigError, match=r"training\.batch_size=log:16\.\.128: .*type int"):
+        check_space(_spec({"training.batch_size": "log:16..128"}, sampler="tpe", trials=3))
+    check_space(_spec({"training.batch_size": "16..128"}, sampler="tpe", trials=3))  # integers
+
+
+def test_a_search_that_cannot_move_the_objective_is_refused():
+    base = resolve(None, ['compare=["finetune", "ewc"]']).to_dict()
+    spec = SweepSpec(space={"strategies.ewc.strength": "1,2"}, base=base)
+    with pytest.raises(ConfigError, match="which no key changes"):
+        check_space(spec)

@@ -122,3 +122,32 @@ def test_a_diverged_seed_fails_the_trial(tmp_path, monkeypatch):
     assert outcome.state == "failed"
     assert outcome.message == "seed1-ewc: task 2, epoch 1, step 3: the loss is nan"
     assert study.get_trials()[0].state == TrialState.FAIL
+
+
+def test_a_trial_that_raises_is_marked_failed_with_its_error(tmp_path, monkeypatch):
+    from ewc.experiment.sweep import trial as trial_module
+
+    def out_of_memory(config, run_dir, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(trial_module, "run_experiment", out_of_memory)
+    study = optuna.create_study(direction="maximize")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_trial(study, study.ask(), _spec(), tmp_path)
+    (trial,) = study.get_trials()
+    assert trial.state == TrialState.FAIL  # not RUNNING for ever, not counted as a budget slot
+    assert trial.user_attrs["error"] == "RuntimeError: out of memory"
+
+
+def test_a_task_incremental_trial_records_no_fwt(tmp_path):
+    """summary.json marks FWT not applicable in task-IL; the sweep must not print a number."""
+    base = resolve(
+        None,
+        [*TINY, 'compare=["ewc"]', "seeds=[0]", "benchmark.name=split", "benchmark.scenario=task"],
+    ).to_dict()
+    spec = SweepSpec(space={"strategies.ewc.strength": "1,10"}, base=base)
+    study = optuna.create_study(direction="maximize")
+    run_trial(study, study.ask(), spec, tmp_path)
+    metrics = study.get_trials()[0].user_attrs["metrics"]
+    assert "FWT" not in metrics
+    assert "ACC" in metrics

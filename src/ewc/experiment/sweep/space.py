@@ -98,9 +98,16 @@ def parse_dimension(key: str, spec: str) -> Dimension:
             f"{key}={spec}: a list needs two or more non-empty values (e.g. 0.7,0.8,0.9); "
             "fix a single value with a plain KEY=VALUE override instead"
         )
-    if len(set(map(repr, values))) != len(values):
+    if len({_same(v) for v in values}) != len(values):
         raise SpaceError(f"{key}={spec}: a value repeats; list each value once")
     return Dimension(key, spec, values=values)
+
+
+def _same(value: Any) -> Any:
+    """What makes two listed values the same point: 1 and 1.0 are, "1" and 1 are not."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return ("number", float(value))
+    return (type(value).__name__, repr(value))
 
 
 def _parse_range(key: str, spec: str) -> Dimension:
@@ -121,7 +128,12 @@ def _parse_range(key: str, spec: str) -> Dimension:
         )
     values = _points(low, high, int(count), log)
     if integer:
-        values = tuple(dict.fromkeys(round(v) for v in values))
+        values = tuple(dict.fromkeys(math.floor(v + 0.5) for v in values))  # halves up
+        if len(values) < int(count):
+            raise SpaceError(
+                f"{key}={spec}: {low}..{high} holds only {len(values)} distinct integers for "
+                f"{count} points; ask for fewer points or widen the range"
+            )
     return Dimension(key, spec, values=values, low=low, high=high, log=log, integer=integer)
 
 

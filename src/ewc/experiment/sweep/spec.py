@@ -144,7 +144,7 @@ def check_space(spec: SweepSpec) -> None:
     """
     probe = torch.nn.Linear(1, 1)
     for dimension in spec.dimensions():
-        candidates = dimension.values or (dimension.low, dimension.high)
+        candidates = dimension.values or _range_probes(dimension)
         for value in candidates:
             try:
                 config = trial_config(spec.base, {dimension.key: value})
@@ -158,6 +158,36 @@ def check_space(spec: SweepSpec) -> None:
                 f"search key {dimension.key} sets strategy {strategy!r}, which the sweep does not "
                 f"compare ({', '.join(spec.base['compare'])}); add it with --strategies"
             )
+    _check_objective_moves(spec)
+
+
+def _check_objective_moves(spec: SweepSpec) -> None:
+    """Refuse a search whose keys all set strategies other than the objective's (the first).
+
+    Its objective would be the same in every trial, and the "best" trial the first one.
+    """
+    keys = [d.key for d in spec.dimensions()]
+    searched = {k.split(".")[1] for k in keys if k.startswith("strategies.")}
+    objective = spec.base["compare"][0]
+    if all(k.startswith("strategies.") for k in keys) and objective not in searched:
+        raise ConfigError(
+            f"every search key sets {', '.join(sorted(searched))}, but the objective is the "
+            f"first compared strategy's, {objective!r}, which no key changes; put the searched "
+            "strategy first in --strategies"
+        )
+
+
+def _range_probes(dimension: Any) -> tuple[Any, ...]:
+    """Both ends of a range and, unless it draws integers, a float inside it.
+
+    A sampler draws floats from a range that is not integer (a ``log:`` range always is not):
+    an integer key (``training.batch_size``) must fail here, not in every trial.
+    """
+    low, high = dimension.low, dimension.high
+    if dimension.integer:
+        return (low, high)
+    inside = math.sqrt(low * high) if dimension.log else (low + high) / 2
+    return (low, high, float(inside))
 
 
 def _canonical(data: Mapping[str, Any]) -> dict[str, str]:

@@ -28,6 +28,7 @@ from ewc.experiment.sweep.spec import Objective, SweepSpec, trial_config
 
 #: The trial's user attributes: its run directory, its resolved config, its strategy's metrics.
 RUN_DIR_ATTR, CONFIG_ATTR, METRICS_ATTR = "run_dir", "config", "metrics"
+ERROR_ATTR = "error"  # why a trial failed with an exception
 PRUNED_FILE = "pruned.json"
 
 
@@ -64,13 +65,13 @@ def run_trial(
 
     started = time.perf_counter()
     params = {d.key: suggest(trial, d) for d in spec.dimensions()}
-    config = trial_config(spec.base, params)
     run_dir = Path(trial.user_attrs.get(RUN_DIR_ATTR) or sweep_dir / f"trial-{trial.number:04d}")
-    trial.set_user_attr(RUN_DIR_ATTR, str(run_dir))
-    trial.set_user_attr(CONFIG_ATTR, config.to_dict())
-    resume = (run_dir / "config.json").is_file()
     outcome = _outcome_factory(trial.number, params, run_dir, started)
     try:
+        config = trial_config(spec.base, params)
+        trial.set_user_attr(RUN_DIR_ATTR, str(run_dir))
+        trial.set_user_attr(CONFIG_ATTR, config.to_dict())
+        resume = (run_dir / "config.json").is_file()
         result = run_experiment(
             config, run_dir, resume=resume, progress=_progress(trial, spec), data=data_for(config)
         )
@@ -78,6 +79,10 @@ def run_trial(
         write_text_atomic(run_dir / PRUNED_FILE, json.dumps({"message": str(pruned)}) + "\n")
         study.tell(trial, state=TrialState.PRUNED)
         return outcome("pruned", None, str(pruned))
+    except Exception as error:  # the study records the failure, then the worker stops with it
+        trial.set_user_attr(ERROR_ATTR, f"{type(error).__name__}: {error}")
+        study.tell(trial, state=TrialState.FAIL)
+        raise
     metrics = result.summary.strategies.get(spec.strategy)
     value = None if metrics is None else metrics[spec.objective_choice.metric]["mean"]
     # a seed that diverged fails the trial: a mean over the other seeds would flatter it
@@ -86,7 +91,8 @@ def run_trial(
         why = "; ".join(diverged) or f"no finite {spec.objective_choice.metric}"
         study.tell(trial, state=TrialState.FAIL)
         return outcome("failed", None, why)
-    trial.set_user_attr(METRICS_ATTR, _finite(metrics))
+    applicable = {m: v for m, v in metrics.items() if m not in result.summary.not_applicable}
+    trial.set_user_attr(METRICS_ATTR, _finite(applicable))
     study.tell(trial, value)
     return outcome("complete", value, "")
 
