@@ -151,3 +151,37 @@ def test_a_task_incremental_trial_records_no_fwt(tmp_path):
     metrics = study.get_trials()[0].user_attrs["metrics"]
     assert "FWT" not in metrics
     assert "ACC" in metrics
+
+
+def test_tpe_workers_that_join_one_study_draw_different_points():
+    """Each worker builds its sampler from the same --sampler-seed; its draws must differ."""
+    from ewc.experiment.sweep.trial import suggest
+
+    base = _spec().base
+    spec = SweepSpec(
+        space={"strategies.ewc.strength": "log:1..1e6"}, base=base, sampler="tpe", trials=4
+    )
+    storage = optuna.storages.InMemoryStorage()
+    (dimension,) = spec.dimensions()
+    draws = []
+    for _ in range(2):  # two workers, one after the other, each with its own study handle
+        study = open_study(spec, storage, "shared")
+        draws.append(suggest(next_trial(study, spec), dimension))
+    assert draws[0] != draws[1]
+
+
+def test_the_pruner_compares_the_latest_value_not_the_best_so_far():
+    from ewc.experiment.sweep.study import LatestValueMedianPruner
+
+    study = optuna.create_study(direction="maximize", pruner=LatestValueMedianPruner())
+    for _ in range(5):
+        good = study.ask()
+        for step, value in enumerate([0.95, 0.93, 0.92]):
+            good.report(value, step)
+        study.tell(good, 0.92)
+    bad = study.ask()
+    pruned = []
+    for step, value in enumerate([0.95, 0.50]):  # running ACC: forgets after the first task
+        bad.report(value, step)
+        pruned.append(bad.should_prune())
+    assert pruned == [False, True]

@@ -16,7 +16,9 @@ add one each; Optuna's ``MaxTrialsCallback`` has the same bound).
 
 from __future__ import annotations
 
+import hashlib
 import random
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -91,7 +93,7 @@ def open_study(spec: SweepSpec, storage: Any, name: str, wait_s: float = 120.0) 
 
     direction = spec.objective_choice.direction
     sampler = _sampler(spec)
-    pruner = optuna.pruners.MedianPruner() if spec.prune else optuna.pruners.NopPruner()
+    pruner = LatestValueMedianPruner() if spec.prune else optuna.pruners.NopPruner()
     try:
         study = optuna.create_study(
             storage=storage, study_name=name, direction=direction, sampler=sampler, pruner=pruner
@@ -127,6 +129,9 @@ def next_trial(study: Any, spec: SweepSpec) -> Any | None:
         return waiting
     if _counted_trials(study) >= (spec.trials or 0):
         return None
+    # a sampler seeded afresh for each draw: workers that each start from sampler_seed would
+    # otherwise all draw the same first points
+    study.sampler = _sampler(spec, draw=len(study.get_trials(deepcopy=False)))
     return study.ask()
 
 
@@ -178,11 +183,13 @@ def _counted_trials(study: Any) -> int:
     return len(study.get_trials(deepcopy=False)) - len(killed_trials(study))
 
 
-def _sampler(spec: SweepSpec) -> Any:
+def _sampler(spec: SweepSpec, draw: int = 0) -> Any:
+    """The study's sampler; TPE's seed is derived from ``sampler_seed`` and the draw's number."""
     import optuna
 
     if spec.sampler == Sampler.TPE:
-        return optuna.samplers.TPESampler(seed=spec.sampler_seed)
+        digest = hashlib.sha256(f"{spec.sampler_seed}:{draw}".encode()).digest()
+        return optuna.samplers.TPESampler(seed=int.from_bytes(digest[:4], "little"))
     # every grid trial is queued with all its values fixed: the sampler never picks a value
     return optuna.samplers.RandomSampler(seed=spec.sampler_seed)
 
@@ -206,3 +213,33 @@ def _check_same(study: Any, spec: SweepSpec, name: str) -> None:
             f"study {name!r} belongs to another sweep (differs in {', '.join(differences)}); "
             "run the same search, config and options, or use another --study name"
         )
+
+
+class LatestValueMedianPruner:
+    """Prune a trial whose value at a step is worse than the median of the other trials there.
+
+    Optuna's ``MedianPruner`` compares a trial's *best* value so far, and a running ACC is best
+    after the first task, before any forgetting: it would almost never prune. This compares the
+    latest value, after ``startup`` finished trials (as ``MedianPruner``'s ``n_startup_trials``).
+    """
+
+    def __init__(self, startup: int = 5):
+        self.startup = startup
+
+    def prune(self, study: Any, trial: Any) -> bool:
+        """Whether ``trial``'s latest reported value is worse than the median at its step."""
+        import optuna
+        from optuna.trial import TrialState
+
+        step = trial.last_step
+        if step is None:
+            return False
+        value = trial.intermediate_values[step]
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        others = [t.intermediate_values[step] for t in finished if step in t.intermediate_values]
+        if len(finished) < self.startup or not others:
+            return False
+        median = statistics.median(others)
+        if study.direction == optuna.study.StudyDirection.MAXIMIZE:
+            return value < median
+        return value > median
