@@ -408,7 +408,7 @@ class QuadraticPenalty:
     def penalised_parameters(self) -> dict[str, nn.Parameter]:
         """The parameters the penalty pulls on, as the model holds them now.
 
-        None before the first consolidation; raises if the model lost or reshaped one
+        Empty before the first consolidation; raises if the model lost or reshaped one
         (`_bound_params`).
         """
         return self._bound_params() if self._params else {}
