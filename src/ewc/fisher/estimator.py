@@ -53,8 +53,9 @@ class Checks:
     Attributes:
         graph: inspect each batch's autograd graph and route uses the rules cannot see
             (`ewc.fisher.coverage`); without it the rules are trusted, as before this check.
-        numeric: compare the rules' summed gradients with autograd's on the first batch
-            (`ewc.fisher.verify`).
+        numeric: compare the rules' summed gradients with autograd's, and check that their
+            rows are the samples, on the first batch of each shape (`ewc.fisher.verify`,
+            `ewc.fisher.independence`).
     """
 
     graph: bool = True
