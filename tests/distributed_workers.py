@@ -98,6 +98,18 @@ def fisher_rank(rank: int, world_size: int, folder: str) -> None:
         ewc.diagonal_fisher(model, share, "exact" if rank == 0 else "empirical")
     except ValueError as error:
         out["mismatch"] = {"message": torch.tensor(list(str(error).encode()))}
+    try:  # the same kind, another option
+        ewc.diagonal_fisher(model, share, "sample", samples_per_input=1 + rank)
+    except ValueError as error:
+        out["mismatch-option"] = {"message": torch.tensor(list(str(error).encode()))}
+    other = fisher_model()
+    with torch.no_grad():
+        next(other.parameters()).mul_(1 + 2 * rank)  # rank 1 holds other weights
+    for name, estimate in (("weights", ewc.diagonal_fisher), ("kfac-weights", ewc.kfac_fisher)):
+        try:
+            estimate(other, share, "exact")
+        except ValueError as error:
+            out[f"mismatch-{name}"] = {"message": torch.tensor(list(str(error).encode()))}
     torch.save(out, Path(folder) / f"rank{rank}.pt")
 
 

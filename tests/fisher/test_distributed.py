@@ -83,7 +83,21 @@ def test_a_rank_without_samples_still_gets_the_union(ranks):
 def test_ranks_that_disagree_on_the_kind_both_raise(ranks):
     for rank in ranks[0]:
         message = bytes(rank["mismatch"]["message"].tolist()).decode()
-        assert "every rank must call the estimator with the same model and kind" in message
+        assert "every rank must call the estimator with the same model, kind and options" in message
+
+
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("mismatch-option", "same model, kind and options"),
+        ("mismatch-weights", "hold different parameter values"),
+        ("mismatch-kfac-weights", "hold different parameter values"),
+    ],
+)
+def test_ranks_that_disagree_on_options_or_weights_both_raise(ranks, case, words):
+    for rank in ranks[0]:
+        assert case in rank, f"{case}: the ranks' Fishers were mixed without an error"
+        assert words in bytes(rank[case]["message"].tolist()).decode()
 
 
 def test_shard_is_exact_contiguous_or_strided():

@@ -126,3 +126,66 @@ def test_kfac_refuses_coupled_samples(build):
     batch = (torch.randn(N, 3, dtype=torch.float64), torch.randint(0, 3, (N,)))
     with pytest.raises(CoupledSamplesError, match="depends on the other samples of its batch"):
         ewc.kfac_fisher(model, [batch])
+
+
+class FrozenEmbeddingThenBatchMean(nn.Module):
+    """Token ids (no gradient to check) into a frozen embedding, then a mean over the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(7, 3).requires_grad_(False)
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, ids):
+        h = self.embed(ids).mean(1)
+        return self.lin(h - h.mean(0))
+
+
+def test_coupling_before_any_checked_layer_is_refused_by_both_estimators():
+    model = FrozenEmbeddingThenBatchMean().double().eval()
+    batch = (torch.randint(0, 7, (N, 2)), torch.randint(0, 3, (N,)))
+    for estimate in (ewc.diagonal_fisher, ewc.kfac_fisher):
+        with pytest.raises(CoupledSamplesError, match="output alone differs"):
+            estimate(model, [batch])
+
+
+@pytest.mark.parametrize("estimate", [ewc.diagonal_fisher, ewc.kfac_fisher])
+def test_a_first_batch_of_one_sample_does_not_switch_the_check_off(estimate):
+    model = CentredInputs().double().eval()
+    x, y = torch.randn(7, 3, dtype=torch.float64), torch.randint(0, 3, (7,))
+    with pytest.raises(CoupledSamplesError):
+        estimate(model, [(x[:1], y[:1]), (x[1:], y[1:])])
+
+
+def test_kfac_refuses_a_layer_input_changed_in_place_on_a_later_batch():
+    class ClampsLargeInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = self.a(x)
+            if x.abs().max() > 50:  # only the second batch's inputs are that large
+                x.clamp_(-3, 3)  # after a ran: the input a recorded is changed
+            return self.b(h)
+
+    model = ClampsLargeInputs().double().eval()
+    x, y = torch.randn(2 * N, 3, dtype=torch.float64), torch.randint(0, 3, (2 * N,))
+    x[N:] *= 100
+    with pytest.raises(RuntimeError, match="input of module 'a' was modified in place after"):
+        ewc.kfac_fisher(model, [(x[:N], y[:N]), (x[N:], y[N:])])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"num_samples": True}, "num_samples must be a positive integer"),
+        ({"num_samples": 0}, "num_samples must be a positive integer"),
+        ({"samples_per_input": 5}, "only applies to kind='sample'"),
+    ],
+)
+def test_kfac_checks_its_options_as_the_diagonal_does(options, message):
+    model = nn.Sequential(nn.Linear(3, 3)).double()
+    batch = (torch.randn(N, 3, dtype=torch.float64), torch.randint(0, 3, (N,)))
+    with pytest.raises(ValueError, match=message):
+        ewc.kfac_fisher(model, [batch], **options)

@@ -73,7 +73,12 @@ def reduction_group(all_reduce: AllReduce) -> ProcessGroup | None:
 
 
 def all_reduce_sums(
-    sums: dict[str, Tensor], count: int, divisor: int, kind: str, all_reduce: AllReduce
+    sums: dict[str, Tensor],
+    count: int,
+    divisor: int,
+    kind: str,
+    all_reduce: AllReduce,
+    weights: Sequence[Tensor] = (),
 ) -> tuple[dict[str, Tensor], int, int]:
     """Σ over the ranks of the diagonal's per-parameter sums, sample count and divisor.
 
@@ -81,8 +86,9 @@ def all_reduce_sums(
         sums: Σ_n (per-sample term) per parameter, for this rank's shard (modified in place).
         count: this rank's number of samples.
         divisor: what the sums are divided by (the samples; for ``batched`` the batches).
-        kind: the Fisher kind, which every rank must share.
+        kind: the Fisher kind and its options, which every rank must share.
         all_reduce: see `AllReduce`.
+        weights: the model's parameters, which every rank must hold with the same values.
 
     Returns:
         The summed ``sums`` (same tensors and dtype), count and divisor; unchanged when there is
@@ -92,12 +98,17 @@ def all_reduce_sums(
     if group is None:
         return sums, count, divisor
     layout = [f"{kind}", *(f"{name}:{tuple(t.shape)}" for name, t in sums.items())]
+    _check_same_weights(weights, group)
     totals = _all_reduce_flat(list(sums.values()), [count, divisor], layout, group)
     return sums, totals[0], totals[1]
 
 
 def all_reduce_factor_sums(
-    sums: dict[str, tuple[Tensor, Tensor]], count: int, kind: str, all_reduce: AllReduce
+    sums: dict[str, tuple[Tensor, Tensor]],
+    count: int,
+    kind: str,
+    all_reduce: AllReduce,
+    weights: Sequence[Tensor] = (),
 ) -> int:
     """Σ over the ranks of K-FAC's factor sums (Σ ã ãᵀ, Σ g gᵀ) in place; return Σ_r N_r.
 
@@ -111,6 +122,7 @@ def all_reduce_factor_sums(
         *(f"{n}:{tuple(a.shape)}:{tuple(g.shape)}" for n, (a, g) in sums.items()),
     ]
     tensors = [t for pair in sums.values() for t in pair]
+    _check_same_weights(weights, group)
     return _all_reduce_flat(tensors, [count], layout, group)[0]
 
 
@@ -148,8 +160,37 @@ def _check_same_layout(
         raise ValueError(
             f"the {torch.distributed.get_world_size(group)} ranks estimated different Fishers "
             f"(this rank: kind {layout[0]!r}, {len(layout) - 1} parameters, {numel} entries; "
-            "another rank differs in kind, parameter names or shapes): every rank must call the "
-            "estimator with the same model and kind"
+            "another rank differs in kind or options, parameter names or shapes): every rank "
+            "must call the estimator with the same model, kind and options"
+        )
+
+
+def _check_same_weights(weights: Sequence[Tensor], group: ProcessGroup) -> None:
+    """Raise on every rank unless every rank holds the same parameter values (to 1e-9).
+
+    Each parameter's Σ θ and Σ θ² in float64: one all-reduce (MAX) of (v, −v) compares them.
+    """
+    if not weights:
+        return
+    device = weights[0].device
+    with torch.no_grad():
+        values = (
+            torch.stack(
+                [torch.stack([w.double().sum(), w.double().square().sum()]) for w in weights]
+            )
+            .reshape(-1)
+            .to(device)
+        )
+    both = torch.cat([values, -values])
+    torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX, group=group)
+    high, low = both[: len(values)], -both[len(values) :]
+    spread = float((high - low).abs().max())
+    scale = max(float(high.abs().max()), float(low.abs().max()), 1.0)
+    if spread > 1e-9 * scale:
+        raise ValueError(
+            f"the {torch.distributed.get_world_size(group)} ranks hold different parameter "
+            "values: every rank must estimate the Fisher of the same model (broadcast or load "
+            "the same weights first)"
         )
 
 

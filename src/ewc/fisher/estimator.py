@@ -159,7 +159,7 @@ def estimate(
 ) -> DiagonalFisher:
     """`diagonal_fisher` with the choice of ``checks`` (for measuring their cost)."""
     kind = FisherKind.parse(kind)
-    _check_options(kind, num_samples, samples_per_input)
+    check_options(kind, num_samples, samples_per_input)
     params = _trainable_parameters(model)
     device = next(iter(params.values())).device
     dtype = accumulation_dtype(params.values())
@@ -171,7 +171,10 @@ def estimate(
         else:
             sums, count = _per_sample_sums(model, batches, params, setting)
             divisor = count
-    sums, count, divisor = all_reduce_sums(sums, count, divisor, kind.value, all_reduce)
+    settings = f"{kind.value} spi={samples_per_input} ignore={ignore_index} {dtype}"
+    sums, count, divisor = all_reduce_sums(
+        sums, count, divisor, settings, all_reduce, weights=list(params.values())
+    )
     if count == 0:
         raise ValueError("data yielded no samples: the Fisher is a mean over at least one input")
     check_finite_sums(sums)
@@ -187,7 +190,8 @@ def accumulation_dtype(params: Iterable[Tensor]) -> torch.dtype:
     return dtype
 
 
-def _check_options(kind: FisherKind, num_samples: int | None, samples_per_input: int) -> None:
+def check_options(kind: FisherKind, num_samples: int | None, samples_per_input: int) -> None:
+    """Refuse a ``num_samples`` or ``samples_per_input`` that is not a positive integer."""
     if num_samples is not None and (
         isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
     ):
@@ -286,6 +290,7 @@ def _shapes(calls: list[ModuleCall], batch: Batch) -> tuple:
         return ("N", *shape[1:]) if len(shape) and shape[0] == size else tuple(shape)
 
     return (
+        size >= 2,  # the row checks need two samples: a batch of one leaves the key unchecked
         key(batch.inputs.shape),
         tuple((call.name, *(key(a.shape) for a in call.tensor_arguments())) for call in calls),
     )

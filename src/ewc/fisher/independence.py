@@ -58,6 +58,7 @@ def check_independence(
         return {}
     with recorder.paused():
         check_inputs(model, inputs, output_fn, logits, tolerance)
+        check_alone(model, inputs, output_fn, logits, tolerance)
     calls = recorder.calls
     positions = sorted({i for sites in plan.sites.values() for i, _ in sites})
     edges = [(i, edge) for i in positions for edge in calls[i].edges]
@@ -123,6 +124,43 @@ def check_inputs(
             "the inputs falls on other samples). A sample's output must depend on that sample "
             "alone (in eval mode); batch statistics, a mean over the batch or attention across "
             "the batch dimension couple the samples"
+        )
+
+
+def check_alone(
+    model: nn.Module,
+    inputs: Tensor,
+    output_fn: Callable[[Any], Tensor] | None,
+    logits: Tensor,
+    tolerance: float,
+) -> None:
+    """Raise if sample k's output alone differs from its row in the batch's output.
+
+    A forward pass of sample k as a batch of one; it sees coupling the gradients at the inputs
+    cannot (integer inputs such as token ids, a batch mean taken before any checked layer).
+    Hooks must be paused.
+    """
+    if inputs.shape[0] < 2:
+        return
+    k, _ = one_sample_vector(logits)
+    with torch.no_grad():
+        output = model(inputs[k : k + 1])
+        alone = (output_fn(output) if output_fn is not None else output).detach()
+    row = logits[k : k + 1].detach()
+    if alone.shape != row.shape:
+        raise CoupledSamplesError(
+            f"cannot compute a per-sample Fisher: sample {k} alone gives an output of shape "
+            f"{tuple(alone.shape)}, within its batch {tuple(row.shape)}; a sample's output must "
+            "not depend on the batch it is in"
+        )
+    difference = float((alone.double() - row.double()).norm())
+    scale = max(float(row.double().norm()), float(alone.double().norm()), 1e-30)
+    if difference > max(tolerance, 1e-6) * scale:
+        raise CoupledSamplesError(
+            f"cannot compute a per-sample Fisher: sample {k}'s output alone differs from its "
+            f"output within the batch by {difference / scale:.1%}. A sample's output must depend "
+            "on that sample alone (in eval mode); batch statistics, a mean over the batch or "
+            "attention across the batch dimension couple the samples"
         )
 
 

@@ -47,8 +47,8 @@ from ewc.fisher.cotangents import score_vectors
 from ewc.fisher.coverage import plan_batch
 from ewc.fisher.diagonal import DiagonalFisher
 from ewc.fisher.distributed import AllReduce, all_reduce_factor_sums
-from ewc.fisher.estimator import diagonal_fisher
-from ewc.fisher.independence import check_inputs
+from ewc.fisher.estimator import check_options, diagonal_fisher
+from ewc.fisher.independence import check_alone, check_inputs
 from ewc.fisher.kinds import FisherKind
 from ewc.fisher.kronecker import KroneckerFactors, KroneckerFisher
 from ewc.fisher.verify import TOLERANCE
@@ -95,6 +95,7 @@ def kfac_fisher(
             "kind='batched' squares mini-batch gradients and has no Kronecker factors; "
             "use 'exact', 'sample', 'empirical' or 'argmax'"
         )
+    check_options(kind, num_samples, samples_per_input)
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     layers = _kronecker_layers(model, params)
     if not layers:
@@ -107,7 +108,10 @@ def kfac_fisher(
     with evaluation_mode(model), torch.enable_grad():
         factors, count = _factor_sums(model, batches, layers, kind, output_fn, options, kept)
     factors = {name: factors.get(name) or _zero_sums(layer) for name, layer in layers.items()}
-    count = all_reduce_factor_sums(factors, count, kind.value, all_reduce)
+    settings = f"{kind.value} spi={samples_per_input}"
+    count = all_reduce_factor_sums(
+        factors, count, settings, all_reduce, weights=list(params.values())
+    )
     if count == 0:
         raise ValueError("data yielded no samples: the Fisher is a mean over at least one input")
     blocks = {name: _block(layer, factors[name], count) for name, layer in layers.items()}
@@ -163,6 +167,7 @@ def _factor_sums(
     count = 0
     modules = {name: layer.module for name, layer in layers.items()}
     static = [*model.parameters(), *model.buffers()]
+    independent = False  # the row checks ran on a batch of two or more samples
     with CallRecorder(modules, static) as recorder:
         for batch in batches:
             recorder.calls.clear()
@@ -173,11 +178,16 @@ def _factor_sums(
             _check_uses(logits, recorder.calls, layers, batch)
             calls = _one_call_each(recorder.calls)
             vectors = list(score_vectors(logits, kind, targets=batch.targets, **options))
+            for call in recorder.calls:
+                call.check_inputs_unchanged()
             with recorder.paused():
                 if count == 0:
                     _check_complete(logits, vectors[0], calls, layers)
+                if not independent and batch.size >= 2:
                     tolerance = TOLERANCE.get(logits.dtype, 1e-4)
                     check_inputs(model, batch.inputs, output_fn, logits, tolerance)
+                    check_alone(model, batch.inputs, output_fn, logits, tolerance)
+                    independent = True
                 _accumulate(sums, logits, vectors, calls, layers)
             count += batch.size
             if kept is not None:
