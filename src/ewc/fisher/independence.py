@@ -15,7 +15,10 @@ and a random vector uₖ on its output zₖ alone, autograd's gradient of ⟨u�
   move to the whole-model path, which differentiates each sample's own forward pass.
 
 For samples that do not interact these gradients outside row k are exact zeros, so any leak above
-the dtype's rounding (`ewc.fisher.verify.TOLERANCE`) is a real dependence.
+the dtype's rounding (`ewc.fisher.verify.TOLERANCE`) is a real dependence. A third check needs no
+gradient: sample k run alone, as a batch of one, must give its row of the batch's output; it sees
+a coupling the gradients cannot reach (integer inputs such as token ids, a batch mean taken before
+any layer the rules read), and is an error too.
 """
 
 from __future__ import annotations
