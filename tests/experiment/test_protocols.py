@@ -131,6 +131,22 @@ def test_class_order_shuffles_labels_and_names_alike():
         resolve(overrides=['benchmark.class_order="shuffled"'])
 
 
+def test_the_numpy_class_order_is_van_de_vens_draw():
+    """His main.py seeds np.random.seed(s); data.py then draws the label permutation first."""
+    numpy = pytest.importorskip("numpy")
+    data = learnable_digits()
+    for seed in (1, 2, 20):
+        numpy.random.seed(seed)
+        his = torch.as_tensor(numpy.random.permutation(list(range(10))))
+        ordered = order_classes(data, "numpy", seed)
+        assert torch.equal(ordered.train_labels, his[data.train_labels])  # label y -> p[y]
+    assert torch.equal(
+        order_classes(data, "numpy", 1).test_labels[:10].sort().values, torch.arange(10)
+    )
+    config = resolve(overrides=["benchmark.name=split", 'benchmark.class_order="numpy"'])
+    assert config.benchmark.class_order.value == "numpy"
+
+
 def test_a_shuffled_split_run_names_the_original_classes(tmp_path):
     config = tiny_config(
         "benchmark.name=split", 'benchmark.class_order="shuffled"', 'compare=["finetune"]'

@@ -59,13 +59,18 @@ class ClassOrder(Choice):
     ``natural``: (0, 1), (2, 3), … in label order. ``shuffled``: the labels are permuted by a
     seeded draw per run seed before they are grouped, so every seed learns other pairs, as van de
     Ven's code does for every seed but 0 (GMvandeVen/continual-learning, ``data/load.py``:
-    ``perm_class_list = np.random.permutation(...)`` unless ``exception``).
+    ``perm_class_list = np.random.permutation(...)`` unless ``exception``). ``numpy``: the same
+    idea with his very draw, ``numpy.random.RandomState(seed).permutation(C)`` (``preprints``
+    branch: ``main.py`` seeds ``np.random.seed(seed)``, then ``data.py`` draws
+    ``np.random.permutation(list(range(10)))`` first; his ``compare_all.py`` runs seeds 1, 2, …):
+    seed s then learns the digit pairs of his seed s.
     """
 
     __noun__ = ("class order", "class orders")
 
     NATURAL = "natural"
     SHUFFLED = "shuffled"
+    NUMPY = "numpy"
 
 
 class Optimizer(Choice):

@@ -6,7 +6,8 @@ Defaults are in :data:`DEFAULTS`, the one place the runner reads them from.
 
 - ``permuted`` (Kirkpatrick et al. 2017): 10 tasks, domain-IL. Every task uses all images with its
   own fixed pixel permutation, the same for train and test. Task 0 is the identity (the plain
-  data set), as in van de Ven's reference code for its default seeds: its accuracy can then be
+  data set), as in van de Ven's reference code for seed 0 (his comparison runs, seeds 1, 2, …,
+  permute every task, padding included): its accuracy can then be
   checked against ordinary single-task numbers, and for an MLP, whose first layer is initialised
   i.i.d. over inputs, it changes nothing in distribution (for a CNN, task 0 is the only one with
   spatial structure). Task t ≥ 1 draws a uniform permutation from a CPU generator seeded with a

@@ -36,9 +36,12 @@ def order_classes(data: ImageDataset, order: str, seed: int) -> ImageDataset:
     """
     if order == "natural":
         return data
-    if order != "shuffled":
-        raise ValueError(f"class order must be 'natural' or 'shuffled'; got {order!r}")
-    perm = class_permutation(data.num_classes, seed)
+    if order == "shuffled":
+        perm = class_permutation(data.num_classes, seed)
+    elif order == "numpy":
+        perm = numpy_class_permutation(data.num_classes, seed)
+    else:
+        raise ValueError(f"class order must be 'natural', 'shuffled' or 'numpy'; got {order!r}")
     names = [""] * data.num_classes
     for original, new in enumerate(perm.tolist()):
         names[new] = data.classes[original]
@@ -59,6 +62,26 @@ def class_permutation(num_classes: int, seed: int) -> torch.Tensor:
     digest = hashlib.sha256(f"{seed}:class order".encode()).digest()
     generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
     return torch.randperm(num_classes, generator=generator)
+
+
+def numpy_class_permutation(num_classes: int, seed: int) -> torch.Tensor:
+    """π = ``numpy.random.RandomState(seed).permutation(num_classes)``: van de Ven's draw.
+
+    His ``main.py`` (``preprints``) calls ``np.random.seed(seed)`` and ``data.py`` then draws
+    ``np.random.permutation(list(range(10)))`` before any other numpy draw; the legacy global
+    generator seeded so is ``RandomState(seed)``, whose stream numpy keeps fixed across versions.
+    Label y becomes π[y], as his ``target_transform`` maps it.
+
+    Raises:
+        ImportError: numpy is not installed (it comes with ``ewc[run]``, through matplotlib).
+    """
+    import numpy
+
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"class_order = 'numpy' needs a seed in [0, 2**32); got {seed}")
+    return torch.as_tensor(
+        numpy.random.RandomState(seed).permutation(num_classes), dtype=torch.long
+    )
 
 
 def pad_images(data: ImageDataset, pad: int) -> ImageDataset:
