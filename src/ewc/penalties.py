@@ -185,7 +185,17 @@ class QuadraticPenalty:
         only = None if parameters is None else {id(p) for p in parameters}
         if not self._params:
             return torch.zeros(()) if value else None
-        params = list(self._bound_params().values())
+        return self._add_gradient(self._bound_params(), value, only, loss_scale)
+
+    def _add_gradient(
+        self,
+        bound: dict[str, nn.Parameter],
+        value: bool,
+        only: set[int] | None,
+        loss_scale: float,
+    ) -> Tensor | None:
+        """`add_gradient_` on parameters already looked up (`_bound_params`)."""
+        params = list(bound.values())
         if not value and not self._kronecker.terms:
             self._add_gradient_only(params, only, loss_scale)
             return None
@@ -506,7 +516,8 @@ class _StepHook:
             return
         own = [p for group in optimizer.param_groups for p in group["params"]]
         only = {id(p) for p in own}
-        if not any(id(p) in only for p in penalty.penalised_parameters().values()):
+        bound = penalty._bound_params()  # looked up once per step
+        if not any(id(p) in only for p in bound.values()):
             raise ValueError(
                 "the optimizer holds none of the penalised parameters: the penalty was built on "
                 "another model (or this optimizer trains other parameters only)"
@@ -515,7 +526,8 @@ class _StepHook:
             return
         scale = getattr(optimizer, "grad_scale", None)
         loss_scale = 1.0 if scale is None else float(scale)
-        penalty.add_gradient_(value=False, parameters=own, loss_scale=loss_scale)
+        with torch.no_grad():
+            penalty._add_gradient(bound, False, only, loss_scale)
 
 
 class EWC(QuadraticPenalty):

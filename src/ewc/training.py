@@ -7,6 +7,7 @@ function: the penalty is just a term added to the task loss.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -214,11 +215,19 @@ def _check_penalty_and_optimizer(penalty: Any, optimizer: torch.optim.Optimizer)
             "the penalty is attached to this optimizer (penalty.attach) and passed to train_step: "
             "its gradient would be added twice; use one of the two"
         )
+    checked = _CHECKED_PAIRS.setdefault(optimizer, set())
     params = getattr(penalty, "penalised_parameters", None)
-    if params is not None:
-        own = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        if not any(id(p) in own for p in params().values()):
-            raise ValueError(
-                "the optimizer holds none of the penalised parameters: the penalty was built on "
-                "another model than the one this step trains"
-            )
+    if params is None or id(penalty) in checked:
+        return  # the parameters were checked at an earlier step of this pair
+    own = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not any(id(p) in own for p in params().values()):
+        raise ValueError(
+            "the optimizer holds none of the penalised parameters: the penalty was built on "
+            "another model than the one this step trains"
+        )
+    checked.add(id(penalty))
+
+
+#: Optimizer → ids of the consolidated penalties whose parameters it was checked to hold (once
+#: per pair: the lookup is a traversal of the model, a visible share of a small model's step).
+_CHECKED_PAIRS: weakref.WeakKeyDictionary[Any, set[int]] = weakref.WeakKeyDictionary()
