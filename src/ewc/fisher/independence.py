@@ -60,8 +60,7 @@ def check_independence(
     if logits.shape[0] < 2:
         return {}
     with recorder.paused():
-        check_inputs(model, inputs, output_fn, logits, tolerance)
-        check_alone(model, inputs, output_fn, logits, tolerance)
+        check_coupling(model, inputs, output_fn, logits, tolerance)
     calls = recorder.calls
     positions = sorted({i for sites in plan.sites.values() for i, _ in sites})
     edges = [(i, edge) for i in positions for edge in calls[i].edges]
@@ -98,73 +97,84 @@ def leaks_at(logits: Tensor, edges: list[Any]) -> list[float]:
     return [_leak(grad, k, logits.shape[0]) for grad in grads]
 
 
-def check_inputs(
+def check_coupling(
     model: nn.Module,
     inputs: Tensor,
     output_fn: Callable[[Any], Tensor] | None,
     logits: Tensor,
     tolerance: float,
 ) -> None:
-    """Raise if sample k's output depends on other samples' inputs (floating inputs only).
+    """Raise if sample k's output depends on the other samples of its batch.
 
-    The model runs once more on the batch, with the inputs differentiable; hooks must be paused.
+    Two views of it, both for one sample k: the gradient of ⟨uₖ, zₖ⟩ at the batch's (floating)
+    inputs must vanish outside row k, and sample k run alone, as a batch of one, must give its row
+    of the batch's output (which also sees couplings the gradients cannot: integer inputs such as
+    token ids, a batch mean taken before any layer the rules read). The model runs twice more;
+    hooks must be paused.
+
+    Raises:
+        CoupledSamplesError: either view shows a dependence above ``tolerance``.
     """
-    if not inputs.is_floating_point() or inputs.shape[0] < 2:
-        return  # token ids: the first layer's outputs are checked as edges instead
+    if inputs.shape[0] < 2:
+        return
     k, u = one_sample_vector(logits)
+    share = _input_gradient_leak(model, inputs, output_fn, u, k)
+    if share > tolerance:
+        raise CoupledSamplesError(
+            f"cannot compute a per-sample Fisher: sample {k}'s output depends on the other "
+            f"samples of its batch ({share:.1%} of the gradient of its output with respect to "
+            f"the inputs falls on other samples). {_ALONE}"
+        )
+    difference = _alone_difference(model, inputs, output_fn, logits, k)
+    if difference > max(tolerance, 1e-6):
+        raise CoupledSamplesError(
+            f"cannot compute a per-sample Fisher: sample {k}'s output alone differs from its "
+            f"output within the batch by {difference:.1%}. {_ALONE}"
+        )
+
+
+_ALONE = (
+    "A sample's output must depend on that sample alone (in eval mode); batch statistics, a mean "
+    "over the batch or attention across the batch dimension couple the samples"
+)
+
+
+def _input_gradient_leak(
+    model: nn.Module,
+    inputs: Tensor,
+    output_fn: Callable[[Any], Tensor] | None,
+    u: Tensor,
+    k: int,
+) -> float:
+    """The share of ⟨uₖ, zₖ⟩'s gradient at the inputs outside row k (0 for integer inputs)."""
+    if not inputs.is_floating_point():
+        return 0.0  # token ids: the forward check and the first layer's edges cover them
     x = inputs.detach().requires_grad_(True)
     try:
         output = model(x)
         z = output_fn(output) if output_fn is not None else output
         (grad,) = torch.autograd.grad(z, x, u.to(z.dtype), allow_unused=True)
-    except RuntimeError:  # e.g. an in-place op on the inputs: the edges are checked instead
-        return
-    share = _leak(grad, k, inputs.shape[0])
-    if share > tolerance:
-        raise CoupledSamplesError(
-            f"cannot compute a per-sample Fisher: sample {k}'s output depends on the other "
-            f"samples of its batch ({share:.1%} of the gradient of its output with respect to "
-            "the inputs falls on other samples). A sample's output must depend on that sample "
-            "alone (in eval mode); batch statistics, a mean over the batch or attention across "
-            "the batch dimension couple the samples"
-        )
+    except RuntimeError:  # e.g. an in-place op on the inputs: the forward check remains
+        return 0.0
+    return _leak(grad, k, inputs.shape[0])
 
 
-def check_alone(
+def _alone_difference(
     model: nn.Module,
     inputs: Tensor,
     output_fn: Callable[[Any], Tensor] | None,
     logits: Tensor,
-    tolerance: float,
-) -> None:
-    """Raise if sample k's output alone differs from its row in the batch's output.
-
-    A forward pass of sample k as a batch of one; it sees coupling the gradients at the inputs
-    cannot (integer inputs such as token ids, a batch mean taken before any checked layer).
-    Hooks must be paused.
-    """
-    if inputs.shape[0] < 2:
-        return
-    k, _ = one_sample_vector(logits)
+    k: int,
+) -> float:
+    """‖sample k alone − its row of the batch's output‖ / the larger norm; 1 if shapes differ."""
     with torch.no_grad():
         output = model(inputs[k : k + 1])
-        alone = (output_fn(output) if output_fn is not None else output).detach()
-    row = logits[k : k + 1].detach()
+        alone = (output_fn(output) if output_fn is not None else output).detach().double()
+    row = logits[k : k + 1].detach().double()
     if alone.shape != row.shape:
-        raise CoupledSamplesError(
-            f"cannot compute a per-sample Fisher: sample {k} alone gives an output of shape "
-            f"{tuple(alone.shape)}, within its batch {tuple(row.shape)}; a sample's output must "
-            "not depend on the batch it is in"
-        )
-    difference = float((alone.double() - row.double()).norm())
-    scale = max(float(row.double().norm()), float(alone.double().norm()), 1e-30)
-    if difference > max(tolerance, 1e-6) * scale:
-        raise CoupledSamplesError(
-            f"cannot compute a per-sample Fisher: sample {k}'s output alone differs from its "
-            f"output within the batch by {difference / scale:.1%}. A sample's output must depend "
-            "on that sample alone (in eval mode); batch statistics, a mean over the batch or "
-            "attention across the batch dimension couple the samples"
-        )
+        return 1.0
+    scale = max(float(row.norm()), float(alone.norm()), 1e-30)
+    return float((alone - row).norm()) / scale
 
 
 def _leak(grad: Tensor | None, k: int, size: int) -> float:

@@ -48,7 +48,7 @@ from ewc.fisher.coverage import plan_batch
 from ewc.fisher.diagonal import DiagonalFisher
 from ewc.fisher.distributed import AllReduce, all_reduce_factor_sums
 from ewc.fisher.estimator import check_options, diagonal_fisher
-from ewc.fisher.independence import check_alone, check_inputs
+from ewc.fisher.independence import check_coupling
 from ewc.fisher.kinds import FisherKind
 from ewc.fisher.kronecker import KroneckerFactors, KroneckerFisher
 from ewc.fisher.verify import TOLERANCE
@@ -185,8 +185,7 @@ def _factor_sums(
                     _check_complete(logits, vectors[0], calls, layers)
                 if not independent and batch.size >= 2:
                     tolerance = TOLERANCE.get(logits.dtype, 1e-4)
-                    check_inputs(model, batch.inputs, output_fn, logits, tolerance)
-                    check_alone(model, batch.inputs, output_fn, logits, tolerance)
+                    check_coupling(model, batch.inputs, output_fn, logits, tolerance)
                     independent = True
                 _accumulate(sums, logits, vectors, calls, layers)
             count += batch.size
