@@ -74,11 +74,10 @@ def averaged_seed_runs(run: Run, strategy: str) -> list[SeedRun]:
 
 def mean_matrix(run: Run, strategy: str) -> Matrix:
     """The seed-mean R of ``strategy``: summary.json's if it has one, else the seeds' mean."""
-    matrices = section(run.summary, "matrices")
-    from_summary = _summary_matrix(matrices.get(strategy), run.num_tasks)
+    from_summary = _summary_matrix_of(run, strategy)
     if from_summary is not None:
         return from_summary
-    per_seed = [as_matrix(pair.rows, run.num_tasks) for pair in averaged_seed_runs(run, strategy)]
+    per_seed = _seed_matrices(run, strategy)
     if not per_seed:
         return as_matrix({}, run.num_tasks)
     return [tuple(row) for row in seed_mean_matrix(per_seed)]
@@ -92,14 +91,23 @@ def matrix_seed_counts(run: Run, strategy: str) -> tuple[int, ...]:
     count can fall from row to row while a run is in progress.
     """
     rows = range(run.num_tasks + 1)
-    matrices = section(run.summary, "matrices")
-    if _summary_matrix(matrices.get(strategy), run.num_tasks) is not None:
+    if _summary_matrix_of(run, strategy) is not None:
         acc = section(section(run.summary, "strategies"), strategy).get("ACC")
         values = acc.get("values") if isinstance(acc, dict) else None
         n = len(values) if isinstance(values, list) else 0
         return tuple(n for _ in rows)
-    per_seed = [as_matrix(pair.rows, run.num_tasks) for pair in averaged_seed_runs(run, strategy)]
+    per_seed = _seed_matrices(run, strategy)
     return tuple(sum(any(v is not None for v in m[i]) for m in per_seed) for i in rows)
+
+
+def _seed_matrices(run: Run, strategy: str) -> list[Matrix]:
+    """Each averaged seed's (T + 1) × T matrix, rows not reached yet all None."""
+    return [as_matrix(pair.rows, run.num_tasks) for pair in averaged_seed_runs(run, strategy)]
+
+
+def _summary_matrix_of(run: Run, strategy: str) -> Matrix | None:
+    """summary.json's mean matrix of ``strategy``, if it has a usable one."""
+    return _summary_matrix(section(run.summary, "matrices").get(strategy), run.num_tasks)
 
 
 def _summary_matrix(value: object, num_tasks: int) -> Matrix | None:
