@@ -226,6 +226,34 @@ class QuadraticPenalty:
             else:
                 param.grad.addcmul_(difference, importance, value=scale)
 
+    def add_gradient_for(
+        self, optimizer: torch.optim.Optimizer, *, value: bool = False, loss_scale: float = 1.0
+    ) -> Tensor | None:
+        """`add_gradient_` for one step of ``optimizer``: into its own parameters only.
+
+        Nothing is added (None is returned) before the first consolidation, or when none of the
+        optimizer's parameters has a gradient (no backward ran: a skipped step must not become a
+        penalty-only step). ``loss_scale`` as in `add_gradient_`.
+
+        Raises:
+            ValueError: the optimizer holds none of the penalised parameters (a penalty built on
+                another model).
+        """
+        if not self.num_tasks:
+            return None
+        own = [p for group in optimizer.param_groups for p in group["params"]]
+        only = {id(p) for p in own}
+        bound = self._bound_params()  # looked up once per step
+        if not any(id(p) in only for p in bound.values()):
+            raise ValueError(
+                "the optimizer holds none of the penalised parameters: the penalty was built on "
+                "another model (or this optimizer trains other parameters only)"
+            )
+        if all(p.grad is None for p in own):
+            return None
+        with torch.no_grad():
+            return self._add_gradient(bound, value, only, loss_scale)
+
     def attach(self, optimizer: torch.optim.Optimizer) -> RemovableHandle:
         """Add the penalty's gradient into ``.grad`` before every ``optimizer.step()``.
 
@@ -500,34 +528,13 @@ class _StepHook:
         self.penalty = penalty
 
     def __call__(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        """Add the penalty's gradient to this optimizer's parameters (the value is not needed).
+        """`QuadraticPenalty.add_gradient_for` this step of ``optimizer``.
 
-        Nothing is added when none of the optimizer's parameters has a gradient (no backward ran:
-        a skipped step must not become a penalty-only step); gradients a fused optimizer will
-        still unscale (``optimizer.grad_scale``, set by ``torch.amp.GradScaler``) get the penalty's
-        gradient scaled alike.
-
-        Raises:
-            ValueError: the optimizer holds none of the penalised parameters (a penalty built on
-                another model).
+        Gradients a fused optimizer will still unscale (``optimizer.grad_scale``, set by
+        ``torch.amp.GradScaler``) get the penalty's gradient scaled alike.
         """
-        penalty = self.penalty
-        if not penalty.num_tasks:
-            return
-        own = [p for group in optimizer.param_groups for p in group["params"]]
-        only = {id(p) for p in own}
-        bound = penalty._bound_params()  # looked up once per step
-        if not any(id(p) in only for p in bound.values()):
-            raise ValueError(
-                "the optimizer holds none of the penalised parameters: the penalty was built on "
-                "another model (or this optimizer trains other parameters only)"
-            )
-        if all(p.grad is None for p in own):
-            return
         scale = getattr(optimizer, "grad_scale", None)
-        loss_scale = 1.0 if scale is None else float(scale)
-        with torch.no_grad():
-            penalty._add_gradient(bound, False, only, loss_scale)
+        self.penalty.add_gradient_for(optimizer, loss_scale=1.0 if scale is None else float(scale))
 
 
 class EWC(QuadraticPenalty):

@@ -120,14 +120,10 @@ class EWCCallback(pl.Callback):
         penalty's gradient is scaled alike.
         """
         penalty = self._penalty_for(pl_module)
-        if penalty.num_tasks == 0:
-            return
-        own = [p for group in optimizer.param_groups for p in group["params"]]
-        if all(p.grad is None for p in own):
-            return
         scale = _pending_scale(trainer, optimizer)
-        value = penalty.add_gradient_(parameters=own, loss_scale=scale)
-        pl_module.log("ewc_penalty", value.detach().float(), on_step=True, on_epoch=False)
+        value = penalty.add_gradient_for(optimizer, value=True, loss_scale=scale)
+        if value is not None:
+            pl_module.log("ewc_penalty", value.detach().float(), on_step=True, on_epoch=False)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Compute this task's Fisher and consolidate: the parameters now are the new anchor."""
