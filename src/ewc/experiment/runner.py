@@ -24,6 +24,7 @@ import torch
 
 from ewc._version import __version__
 from ewc.data import ImageDataset, load_dataset
+from ewc.experiment import environment
 from ewc.experiment.cell import run_cell
 from ewc.experiment.config import RunConfig, config_differences, fill_stream_defaults, from_dict
 from ewc.experiment.distributed import run_team_cell
@@ -106,7 +107,10 @@ def run_experiment(
     data = data if data is not None else load_data(config)
     _check_strategies(config, strategies)
     _check_model(config, data)
-    directory = open_on_main(team, lambda: _open_run_dir(config, data, run_dir, resume, progress))
+    where = environment.describe(_cell_threads(config, jobs), config.training.device)
+    directory = open_on_main(
+        team, lambda: _open_run_dir(config, data, run_dir, resume, progress, where)
+    )
     try:  # the directory's lock is held (on the main rank) until the results are written
         cells = [Cell(seed, name) for seed in config.seeds for name in config.compare]
         outcomes = _run_cells(
@@ -116,7 +120,9 @@ def run_experiment(
             _write_results(config, directory, cells, outcomes)
         b = config.benchmark
         wall_time = time.perf_counter() - started
-        summary = summarize(b.scenario or "", b.name, outcomes, wall_time, resumed=resume)
+        summary = summarize(
+            b.scenario or "", b.name, outcomes, wall_time, resumed=resume, environment=where
+        )
         if team.is_main:
             summary.write(directory.summary_path)
     finally:
@@ -203,8 +209,13 @@ def _open_run_dir(
     run_dir: Any,
     resume: bool,
     progress: Progress,
+    where: dict[str, Any],
 ) -> RunDirectory:
-    """The run directory: opened for a resume, else created with the run's record."""
+    """The run directory: opened for a resume, else created with the run's record.
+
+    A resume in another floating-point environment (CPU instruction set, thread count, code)
+    goes on, but says so: its remaining steps will not reproduce the bits of the first process.
+    """
     if isinstance(data, CustomTasks):  # your tasks, as the factory builds them for the first seed
         fingerprint = stream_fingerprint(stream_for(config, data, config.seeds[0]))
     else:
@@ -223,8 +234,15 @@ def _open_run_dir(
         except BaseException:
             directory.release()
             raise
+        changed = environment.differences(directory.read_config().get("environment", {}), where)
+        if changed:
+            progress.announce(
+                f"{run_dir} is resumed in another environment than it started in ("
+                + "; ".join(changed)
+                + "): the steps from here on will not repeat the first process's bits"
+            )
         return directory
-    return RunDirectory.create(run_dir, _config_record(config, data, fingerprint))
+    return RunDirectory.create(run_dir, _config_record(config, data, fingerprint, where))
 
 
 def _check_same_run(directory: RunDirectory, config: RunConfig, fingerprint: str) -> None:
@@ -257,9 +275,9 @@ def _differences(recorded: Mapping[str, Any], config: RunConfig) -> str:
 
 
 def _config_record(
-    config: RunConfig, data: ImageDataset | CustomTasks, fingerprint: str
+    config: RunConfig, data: ImageDataset | CustomTasks, fingerprint: str, where: dict[str, Any]
 ) -> dict[str, Any]:
-    """The content of config.json: config, versions, hash, data provenance, task names."""
+    """The content of config.json: config, versions, environment, hash, data, task names."""
     first_stream = stream_for(config, data, config.seeds[0])
     return {
         "config": config.to_dict(),
@@ -268,6 +286,7 @@ def _config_record(
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
+        "environment": where,
         "config_hash": config.hash(),
         "data": {
             "dataset": data.name,
@@ -317,11 +336,18 @@ def _run_cells(
             run_cell(config, streams[cell.seed], directory, cell, factories, progress)
             for cell in cells
         ]
-    threads = max(1, (config.training.threads or torch.get_num_threads()) // jobs)
+    threads = _cell_threads(config, jobs)
     context = multiprocessing.get_context("spawn")
     with context.Pool(jobs, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
         arguments = [(config, data, directory.path, cell, factories, quiet) for cell in cells]
         return pool.starmap(_run_cell_in_worker, arguments)
+
+
+def _cell_threads(config: RunConfig, jobs: int) -> int:
+    """The torch threads each cell trains with: training.threads (or torch's count) ÷ jobs."""
+    if jobs == 1:
+        return config.training.threads or torch.get_num_threads()
+    return max(1, (config.training.threads or torch.get_num_threads()) // jobs)
 
 
 def _run_cell_in_worker(

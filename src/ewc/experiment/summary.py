@@ -37,6 +37,7 @@ class Summary:
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
     not_applicable: dict[str, str] = field(default_factory=dict)  # metric → why it has no meaning
     resumed: bool = False  # wall_time_s is then the last process's time only
+    environment: dict[str, Any] = field(default_factory=dict)  # of the process that wrote it
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``summary.json``."""
@@ -51,6 +52,7 @@ class Summary:
             "timings_s": self.timings,
             "not_applicable": self.not_applicable,
             "resumed": self.resumed,
+            "environment": self.environment,
         }
 
     def write(self, path: Path) -> None:
@@ -89,11 +91,13 @@ def summarize(
     outcomes: Sequence[CellOutcome],
     wall_time_s: float,
     resumed: bool = False,
+    environment: dict[str, Any] | None = None,
 ) -> Summary:
     """Metrics per strategy over the seeds whose matrix is complete (T + 1 rows).
 
     ``wall_time_s`` is the time of the process that writes the summary; ``resumed`` says that
-    earlier processes of the run (stopped, then resumed) spent time not counted in it.
+    earlier processes of the run (stopped, then resumed) spent time not counted in it;
+    ``environment`` is that process's (`ewc.experiment.environment.describe`).
     """
     complete = [o for o in outcomes if o.rows is not None and _complete(o.rows)]
     per_strategy: dict[str, dict[str, Any]] = {}
@@ -120,6 +124,7 @@ def summarize(
         timings=_timings(outcomes),
         not_applicable=not_applicable(scenario),
         resumed=resumed,
+        environment=dict(environment or {}),
     )
 
 
