@@ -483,3 +483,23 @@ def test_the_wall_time_of_a_resumed_run_says_whose_it_is(tmp_path):
         "Wall time: 95.2 s in the process that resumed and finished the run (earlier ones not "
         "counted)."
     ) in markdown_of(write_report(run_dir))
+
+
+def test_the_environment_is_shown_and_a_resume_elsewhere_is_named(tmp_path):
+    run_dir = write_run(tmp_path / "run")
+    assert "Environment" not in markdown_of(write_report(run_dir))  # an earlier version's run
+    header = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    started = {"source": "git 0123456789ab", "cpu_capability": "AVX512", "threads": 1}
+    (run_dir / "config.json").write_text(json.dumps({**header, "environment": started}), "utf-8")
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    (run_dir / "summary.json").write_text(
+        json.dumps({**summary, "environment": {**started, "threads": 2}}), "utf-8"
+    )
+    text = markdown_of(write_report(run_dir))
+    assert "| cpu\\_capability | AVX512 |" in text  # markdown escapes the underscore
+    assert "another environment" not in text  # threads: the checkpoints pin them
+    finished = {**started, "cpu_capability": "AVX2"}
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "environment": finished}), "utf-8")
+    assert (
+        "The run was finished in another environment (cpu\\_capability AVX512 → AVX2)"
+    ) in markdown_of(write_report(run_dir))

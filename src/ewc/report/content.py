@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from ewc.experiment.environment import differences
 from ewc.experiment.metrics import METRICS
 from ewc.report.aggregate import curves, final_accuracies, matrix_seed_counts, mean_matrix
 from ewc.report.blocks import (
@@ -358,6 +359,30 @@ def _notes_section(run: Run) -> list[Block]:
     return [*blocks, Bullets(tuple(items))]
 
 
+def _environment_blocks(run: Run) -> list[Block]:
+    """Where the run trained (code, CPU, threads, device), and what a resume changed.
+
+    Those change a run's bits for the same code and seed (`ewc.experiment.environment`).
+    """
+    started = section(run.header, "environment")
+    if not started:
+        return []
+    rows = tuple((str(key), str(value)) for key, value in started.items())
+    blocks: list[Block] = [Table(("Environment (where the run started)", "Value"), rows)]
+    changed = differences(started, section(run.summary, "environment"))
+    if changed:
+        blocks.append(
+            Paragraph(
+                (
+                    "The run was finished in another environment ("
+                    + "; ".join(changed)
+                    + "): steps after the resume do not repeat the first process's bits.",
+                )
+            )
+        )
+    return blocks
+
+
 def _setup_section(run: Run) -> list[Block]:
     versions = section(run.header, "versions")
     rows = tuple((str(name), str(version)) for name, version in versions.items())
@@ -365,6 +390,7 @@ def _setup_section(run: Run) -> list[Block]:
     return [
         Heading(2, "Reproducibility"),
         Table(("Package", "Version"), rows),
+        *_environment_blocks(run),
         Paragraph(("Config hash (SHA-256): ", Code(str(config_hash or MISSING)))),
         Paragraph(("Run directory: ", Code(run.directory.name), ". The resolved config:")),
         Preformatted(json.dumps(run.config, indent=2, ensure_ascii=False), "json"),
