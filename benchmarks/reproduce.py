@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ewc.cli import parse_seeds
-from ewc.experiment import presets
+from ewc.experiment import environment, presets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,12 +172,13 @@ def table(preset: presets.Preset, directories: list[Path]) -> str:
             f"| {_mean_sem(accs)} "
             f"(n={len(accs)}) | {wall} | {per_seed} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + _environment_note(results))
 
 
 def collect(directories: list[Path]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """(strategy, λ) → [{"acc" (%), "seconds", "seed", "data"}] of every cell that trained all its
-    tasks; "data" is (data set, subset?, fingerprint) from the run's ``config.json``.
+    """(strategy, λ) → [{"acc" (%), "seconds", "seed", "data", "environment"}] of every cell that
+    trained all its tasks; "data" is (data set, subset?, fingerprint) from the run's
+    ``config.json``, "environment" the `_environment` label of where it trained.
 
     A cell counts once its event log holds every task's row, even if its run was stopped before
     ``summary.json`` was written (a run of several strategies killed after the first); its wall
@@ -192,6 +193,7 @@ def collect(directories: list[Path]) -> dict[tuple[str, str], list[dict[str, Any
         seen = (data.get("dataset"), bool(data.get("is_subset")), data.get("fingerprint"))
         summary_path = directory / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        where = _environment(recorded.get("environment"), summary.get("environment"))
         for events in sorted((directory / "cells").glob("*/events.jsonl")):
             rows = _task_rows(events)
             if not rows or len(rows) != len(rows[0]) + 1:
@@ -206,10 +208,36 @@ def collect(directories: list[Path]) -> dict[tuple[str, str], list[dict[str, Any
                 "seed": seed,
                 "seed_number": int(seed.removeprefix("seed")),
                 "data": seen,
+                "environment": where,
             }
             label = f"{strength:g}" if strength is not None else "—"
             results.setdefault((name, label), []).append(entry)
     return results
+
+
+def _environment(started: dict[str, Any] | None, finished: dict[str, Any] | None) -> str:
+    """``git 1c8cab6…, AVX512, 1 thread(s)``: the numeric environment of a run, "unrecorded"
+    for run directories of versions that did not record it, and both sides of a resume that
+    changed it (`ewc.experiment.environment.NUMERIC_KEYS`)."""
+    if not started:
+        return "unrecorded"
+    label = ", ".join(f"{key} {started.get(key)}" for key in environment.NUMERIC_KEYS)
+    changed = environment.differences(started, finished or {})
+    return label + (f" (resumed: {'; '.join(changed)})" if changed else "")
+
+
+def _environment_note(results: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
+    """Lines under the table for each row whose seeds ran in more than one environment: their
+    numbers are fair samples, but a seed rerun elsewhere will not repeat its bits."""
+    lines = []
+    for (name, strength), cells in sorted(results.items()):
+        places: dict[str, list[str]] = {}
+        for cell in sorted(cells, key=lambda c: c["seed_number"]):
+            places.setdefault(cell["environment"], []).append(cell["seed"])
+        if len(places) > 1:
+            lines.append(f"{name} (λ {strength}) pools seeds of {len(places)} environments:")
+            lines += [f"  {', '.join(seeds)}: {where}" for where, seeds in places.items()]
+    return lines
 
 
 def _task_rows(path: Path) -> list[list[float]]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,16 +121,19 @@ def test_cli_runs_a_preset_with_overrides(tmp_path, monkeypatch, capsys):
     assert "FWT n/a" in capsys.readouterr().out
 
 
-def test_the_reproduction_script_tabulates_finished_cells(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
+def reproduction_script():
+    """benchmarks/reproduce.py as a module."""
     path = Path(__file__).parents[2] / "benchmarks" / "reproduce.py"
     spec = importlib.util.spec_from_file_location("reproduce", path)
     assert spec is not None
     assert spec.loader is not None
     reproduce = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(reproduce)
+    return reproduce
+
+
+def test_the_reproduction_script_tabulates_finished_cells(tmp_path, capsys):
+    reproduce = reproduction_script()
     preset = presets.load("vandeven2025-split-mnist")
     overrides = [*FEW_STEPS, 'compare=["finetune", "ewc-batched"]']
     config = resolve(overrides=overrides, base=preset.config)
@@ -172,3 +177,35 @@ def test_the_reproduction_script_tabulates_finished_cells(tmp_path, capsys):
     assert "seed7: done already" in capsys.readouterr().out  # the same strategies: kept
     with pytest.raises(SystemExit, match=r"holds a run of finetune, ewc-batched, not of finetune;"):
         reproduce.main([*seed7, "--strategies", "finetune"])  # would have been skipped
+
+
+def test_the_reproduction_table_names_the_environments_a_row_pools(tmp_path):
+    reproduce = reproduction_script()
+    preset = presets.load("vandeven2025-split-mnist")
+    for seed in (0, 1):
+        overrides = [*FEW_STEPS, 'compare=["finetune"]', f"seeds=[{seed}]"]
+        config = resolve(overrides=overrides, base=preset.config)
+        run_experiment(config, tmp_path / f"seed{seed}", data=tiny_digits(), quiet=True)
+    folders = [tmp_path / "seed0", tmp_path / "seed1"]
+    assert "environments" not in reproduce.table(preset, folders)  # one machine, one code
+    recorded = json.loads((tmp_path / "seed1" / "config.json").read_text())
+    assert recorded["environment"]["threads"] == 1
+    recorded["environment"]["cpu_capability"] = "SIMULATED"  # as if seed 1 ran on another CPU
+    (tmp_path / "seed1" / "config.json").write_text(json.dumps(recorded))
+    lines = reproduce.table(preset, folders).splitlines()
+    start = lines.index("finetune (λ —) pools seeds of 2 environments:")
+    here = torch.backends.cpu.get_cpu_capability()
+    assert lines[start + 1].startswith("  seed0: ")
+    assert f"cpu_capability {here}," in lines[start + 1]
+    assert lines[start + 2].startswith("  seed1: ")
+    assert "cpu_capability SIMULATED," in lines[start + 2]
+    # seed 1 finished elsewhere: both sides of the resume are named
+    summary = json.loads((tmp_path / "seed1" / "summary.json").read_text())
+    first = json.loads((tmp_path / "seed0" / "config.json").read_text())
+    del first["environment"]  # and seed 0 from a version that recorded none
+    (tmp_path / "seed0" / "config.json").write_text(json.dumps(first))
+    text = reproduce.table(preset, folders)
+    assert "  seed0: unrecorded" in text
+    assert (
+        f"(resumed: cpu_capability SIMULATED → {summary['environment']['cpu_capability']})" in text
+    )
