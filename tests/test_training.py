@@ -118,7 +118,22 @@ def test_a_non_finite_loss_names_the_batch_and_takes_no_step():
     with pytest.raises(ewc.NonFiniteLossError, match="batch 3: the loss is not finite") as error:
         ewc.train_epoch(model, data, opt)
     assert "the step was not taken" in str(error.value)
+    assert "check the batch's inputs for NaN or inf" in str(error.value)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_non_finite_task_loss_beside_a_finite_penalty_does_not_blame_the_strength():
+    model, data = linear_model(), separable()
+    penalty = ewc.EWC(model, strength=1.0)
+    penalty.consolidate({n: torch.ones_like(p) for n, p in model.named_parameters()})
+    data[2] = (data[2][0] * math.nan, data[2][1])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ewc.NonFiniteLossError) as error:
+        ewc.train_epoch(model, data, opt, penalty=penalty)
+    message = str(error.value)
+    assert message.startswith("batch 2: the loss is not finite (task loss nan, penalty ")
+    assert "the penalty is finite: lower the learning rate, or check" in message
+    assert "lower the strength" not in message
 
 
 def test_a_diverging_penalty_is_reported_with_its_value():
@@ -127,8 +142,9 @@ def test_a_diverging_penalty_is_reported_with_its_value():
     penalty.consolidate({n: torch.full_like(p, 1e30) for n, p in model.named_parameters()})
     with torch.no_grad():
         model.weight.add_(1e10)
-    with pytest.raises(ewc.NonFiniteLossError, match=r"batch 0: .*penalty inf"):
+    with pytest.raises(ewc.NonFiniteLossError, match=r"batch 0: .*penalty inf") as error:
         ewc.train_epoch(model, data, torch.optim.SGD(model.parameters(), lr=0.1), penalty=penalty)
+    assert "the penalty is not finite: a large strength × Fisher diverges" in str(error.value)
 
 
 def test_evaluate_rejects_empty_data():

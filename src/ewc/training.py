@@ -138,7 +138,9 @@ def train_step(
     penalty_value = None if extra is None else float(extra.detach())
     total = float(task_loss.detach()) + (penalty_value or 0.0)
     if not math.isfinite(total):
-        raise NonFiniteLossError(_describe_non_finite(batch, task_loss, extra))
+        raise NonFiniteLossError(
+            non_finite_message(batch.index, float(task_loss.detach()), penalty_value)
+        )
     optimizer.step()
     return StepLoss(total, penalty_value)
 
@@ -186,17 +188,28 @@ def _device(model: nn.Module) -> torch.device | None:
     return first.device if first is not None else None
 
 
-def _describe_non_finite(batch: Batch, task_loss: Tensor, penalty: Tensor | None) -> str:
-    parts = f"task loss {float(task_loss.detach())}"
-    if penalty is None:
-        hint = "the learning rate is likely too large for this model: lower it"
-    else:
-        parts += f", penalty {float(penalty.detach())}"
+def non_finite_message(batch_index: int, task_loss: float, penalty: float | None) -> str:
+    """Why a step was refused, naming the batch, both parts of the loss and the likely cause.
+
+    A non-finite penalty points at the strength (λ × F with a large learning rate diverges);
+    a non-finite task loss beside a finite penalty (or none) points first at the learning rate
+    or at non-finite inputs.
+    """
+    parts = f"task loss {task_loss}" + ("" if penalty is None else f", penalty {penalty}")
+    if penalty is not None and not math.isfinite(penalty):
         hint = (
-            "a large strength × Fisher with plain SGD diverges: lower the learning rate or "
-            "the strength"
+            "the penalty is not finite: a large strength × Fisher diverges with this learning "
+            "rate; lower the strength or the learning rate"
         )
-    return f"batch {batch.index}: the loss is not finite ({parts}); the step was not taken. {hint}"
+    elif penalty is None:
+        hint = "lower the learning rate, or check the batch's inputs for NaN or inf"
+    else:
+        hint = (
+            "the penalty is finite: lower the learning rate, or check the batch's inputs for NaN "
+            "or inf (a strength too large for the learning rate shows as a penalty that grows "
+            "step by step before this)"
+        )
+    return f"batch {batch_index}: the loss is not finite ({parts}); the step was not taken. {hint}"
 
 
 def _check_penalty_and_optimizer(penalty: Any, optimizer: torch.optim.Optimizer) -> None:

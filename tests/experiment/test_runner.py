@@ -336,7 +336,7 @@ def test_finetune_stops_at_a_non_finite_loss_and_every_file_says_where(tmp_path)
     (message,) = result.diverged.values()
     assert message.startswith("task 1, epoch 1, step ")
     assert "the loss is not finite" in message
-    assert "lower it" in message  # no penalty: the learning rate is to blame
+    assert "lower the learning rate, or check" in message  # no penalty: not the strength
     (outcome,) = result.outcomes
     assert outcome.rows is None
     assert outcome.divergence is not None

@@ -71,7 +71,13 @@ from ewc.experiment.team import DistributedError, Team
 from ewc.experiment.tensorboard import open_event_log
 from ewc.fisher import FisherKind
 from ewc.sharding import shard_range
-from ewc.training import GradientPenalty, NonFiniteLossError, StepLoss, accuracy_counts
+from ewc.training import (
+    GradientPenalty,
+    NonFiniteLossError,
+    StepLoss,
+    accuracy_counts,
+    non_finite_message,
+)
 
 
 def run_team_cell(
@@ -166,10 +172,7 @@ class DistributedStep:
         penalty_value = None if extra is None else float(extra.detach())
         total = task_loss + (penalty_value or 0.0)
         if not math.isfinite(total):
-            raise NonFiniteLossError(
-                f"batch {batch.index}: the loss is not finite (task loss {task_loss}, penalty "
-                f"{penalty_value}); the step was not taken. Lower the learning rate or the strength"
-            )
+            raise NonFiniteLossError(non_finite_message(batch.index, task_loss, penalty_value))
         optimizer.step()
         return StepLoss(total, penalty_value)
 
