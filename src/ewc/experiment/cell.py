@@ -301,18 +301,30 @@ def run_cell(
     )
     log = CellLog(events, cell, progress)
     parts = _Parts(config, stream, state, evaluator, log, checkpoints, progress)
-    threads = torch.get_num_threads()  # a restore may pin the checkpoint's count for this cell
+    outcome = _train_cell_and_close(parts, store, events)
+    if outcome.divergence is not None:
+        write_json_atomic(marker, outcome.divergence.to_json())
+    return outcome
+
+
+def _train_cell_and_close(parts: _Parts, store: CheckpointStore, events: EventLog) -> CellOutcome:
+    """`_train_cell`, then the store and log closed and the caller's thread count back.
+
+    That happens also on an error (a restore may pin the checkpoint's thread count for the
+    cell); the last checkpoint is on disk, or its writer's error raised, before the outcome
+    returns. ``events`` is the cell's log, or any object with its methods (a rank that writes
+    nothing).
+    """
+    threads = torch.get_num_threads()
     try:
         outcome = _train_cell(parts)
-        store.wait()  # the last checkpoint is on disk (or its error is raised) before returning
+        store.wait()
     finally:
         try:
             store.close()
         finally:
             events.close()
             torch.set_num_threads(threads)
-    if outcome.divergence is not None:
-        write_json_atomic(marker, outcome.divergence.to_json())
     return outcome
 
 

@@ -55,7 +55,7 @@ from ewc.experiment.cell import (
     CheckpointPolicy,
     _initial_state,
     _Parts,
-    _train_cell,
+    _train_cell_and_close,
     derived_seed,
 )
 from ewc.experiment.evaluation import Evaluator
@@ -111,16 +111,7 @@ def run_team_cell(
     log = CellLog(events, cell, progress)
     step = DistributedStep(state.model, team)
     parts = _Parts(config, stream, state, evaluator, log, checkpoints, progress, step)
-    threads = torch.get_num_threads()  # a restore may pin the checkpoint's count for this cell
-    try:
-        outcome = _train_cell(parts)
-        store.wait()  # rank 0's last checkpoint is on disk (or its error raised) before returning
-    finally:
-        try:
-            store.close()
-        finally:
-            events.close()
-            torch.set_num_threads(threads)
+    outcome = _train_cell_and_close(parts, store, events)  # rank 0's checkpoints on disk
     if outcome.divergence is not None and team.is_main:
         write_json_atomic(marker, outcome.divergence.to_json())
     team.barrier()
