@@ -216,9 +216,10 @@ def collect(directories: list[Path]) -> dict[tuple[str, str], list[dict[str, Any
 
 
 def _environment(started: dict[str, Any] | None, finished: dict[str, Any] | None) -> str:
-    """``git 1c8cab6…, AVX512, 1 thread(s)``: the numeric environment of a run, "unrecorded"
-    for run directories of versions that did not record it, and both sides of a resume that
-    changed it (`ewc.experiment.environment.NUMERIC_KEYS`)."""
+    """``source git 1c8cab6…, torch 2.13.0+cpu, cpu …, cpu_capability AVX512, threads 1, device
+    cpu``: a run's values of `ewc.experiment.environment.NUMERIC_KEYS`; "unrecorded" for run
+    directories of versions that did not record them; a resume that changed one adds both sides.
+    """
     if not started:
         return "unrecorded"
     label = ", ".join(f"{key} {started.get(key)}" for key in environment.NUMERIC_KEYS)

@@ -107,12 +107,12 @@ def run_experiment(
     data = data if data is not None else load_data(config)
     _check_strategies(config, strategies)
     _check_model(config, data)
-    where = environment.describe(_cell_threads(config, jobs), config.training.device)
+    cells = [Cell(seed, name) for seed in config.seeds for name in config.compare]
+    where = environment.describe(_cell_threads(config, jobs, len(cells)), config.training.device)
     directory = open_on_main(
         team, lambda: _open_run_dir(config, data, run_dir, resume, progress, where)
     )
     try:  # the directory's lock is held (on the main rank) until the results are written
-        cells = [Cell(seed, name) for seed in config.seeds for name in config.compare]
         outcomes = _run_cells(
             config, data, directory, cells, strategies, progress, jobs, quiet, team
         )
@@ -213,8 +213,8 @@ def _open_run_dir(
 ) -> RunDirectory:
     """The run directory: opened for a resume, else created with the run's record.
 
-    A resume in another floating-point environment (CPU instruction set, thread count, code)
-    goes on, but says so: its remaining steps will not reproduce the bits of the first process.
+    A resume in another floating-point environment (code, torch, CPU, device) goes on, but
+    says so: its remaining steps will not repeat the bits of the first process.
     """
     if isinstance(data, CustomTasks):  # your tasks, as the factory builds them for the first seed
         fingerprint = stream_fingerprint(stream_for(config, data, config.seeds[0]))
@@ -336,18 +336,20 @@ def _run_cells(
             run_cell(config, streams[cell.seed], directory, cell, factories, progress)
             for cell in cells
         ]
-    threads = _cell_threads(config, jobs)
+    threads = _cell_threads(config, jobs, len(cells))
     context = multiprocessing.get_context("spawn")
     with context.Pool(jobs, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
         arguments = [(config, data, directory.path, cell, factories, quiet) for cell in cells]
         return pool.starmap(_run_cell_in_worker, arguments)
 
 
-def _cell_threads(config: RunConfig, jobs: int) -> int:
-    """The torch threads each cell trains with: training.threads (or torch's count) ÷ jobs."""
-    if jobs == 1:
-        return config.training.threads or torch.get_num_threads()
-    return max(1, (config.training.threads or torch.get_num_threads()) // jobs)
+def _cell_threads(config: RunConfig, jobs: int, cells: int) -> int:
+    """The torch threads of each cell: training.threads (or torch's count), ÷ worker processes.
+
+    One cell, or one job, trains in this process with the whole count.
+    """
+    threads = config.training.threads or torch.get_num_threads()
+    return threads if jobs == 1 or cells == 1 else max(1, threads // jobs)
 
 
 def _run_cell_in_worker(
