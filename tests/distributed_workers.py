@@ -155,6 +155,87 @@ def _shared_strategy_error(rank: int) -> str:
     return ""
 
 
+class _RowRecorder:
+    """A strategy that records the rows ``context.batches`` hands it, at two batch sizes."""
+
+    def __init__(self, batched: bool):
+        from ewc.experiment.strategies import EWCSettings
+        from ewc.fisher import FisherKind
+
+        kind = FisherKind.BATCHED if batched else FisherKind.EXACT
+        self.settings = EWCSettings(fisher=kind)
+        self.rows: dict[int, list[list[float]]] = {}
+
+    def penalty(self):
+        return None
+
+    def after_task(self, context):
+        for size in (4, 5):
+            self.rows[size] = [x[:, 0].tolist() for x, _ in context.batches(size)]
+        return []
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def rebatched_rows(rank: int | None) -> dict[str, dict[int, list[list[float]]]]:
+    """The rows a strategy sees through ``context.batches`` on this rank (None: one process).
+
+    12 samples whose first input is their index, batched at 4 and at 5 by the shared generator.
+    """
+    from ewc.experiment.config import Optimizer
+    from ewc.experiment.distributed import SharedStrategy
+    from ewc.experiment.storage.rundir import Cell
+    from ewc.experiment.strategies import TaskContext
+    from ewc.experiment.streams.benchmarks import TensorBatches
+    from ewc.experiment.team import Team
+
+    inputs = torch.arange(12.0)[:, None].repeat(1, 6)
+    targets = torch.zeros(12, dtype=torch.long)
+    out = {}
+    for name, batched in (("per-sample", False), ("batched", True)):
+        shuffle = torch.Generator().manual_seed(5)
+
+        def batches(size, shuffle=shuffle):
+            return TensorBatches(inputs, targets, batch_size=size, shuffle=True, generator=shuffle)
+
+        context = TaskContext(
+            nn.Linear(6, 1), 0, batches(4), None, torch.Generator(), Optimizer.ADAM, 1e-3, batches
+        )
+        recorder = _RowRecorder(batched)
+        strategy = (
+            recorder if rank is None else SharedStrategy(recorder, Team.current(), Cell(0, name))
+        )
+        strategy.after_task(context)
+        out[name] = recorder.rows
+    return out
+
+
+def dropout_masks() -> dict[str, torch.Tensor]:
+    """The dropout masks of two DDP steps on a global batch of 8 (4 per rank), twice from the
+    same seed, and a draw from the global generator after them."""
+    from ewc._batches import Batch
+    from ewc.experiment.distributed import DistributedStep
+    from ewc.experiment.team import Team
+
+    out = {}
+    for attempt in ("first", "again"):
+        torch.manual_seed(11)  # the same global state on every rank, as at a cell's start
+        model = nn.Sequential(nn.Linear(6, 16), nn.Dropout(0.5), nn.Linear(16, 4))
+        masks: list[torch.Tensor] = []
+        model[1].register_forward_hook(lambda m, i, o, masks=masks: masks.append(o != 0))
+        step = DistributedStep(model, Team.current())
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for index, (x, y) in enumerate(fisher_batches(2, 8)):
+            step(model, Batch(index, x, y), optimizer)
+        out[f"{attempt} masks"] = torch.stack(masks)
+        out[f"{attempt} global draw"] = torch.rand(3)
+    return out
+
+
 def _encoded(text: str) -> torch.Tensor:
     return torch.tensor(list(text.encode()), dtype=torch.uint8)
 
@@ -214,4 +295,10 @@ def gradient_rank(rank: int, world_size: int, folder: str) -> None:
         out[path] = {n: p.grad.clone() for n, p in model.named_parameters()}
         out[path]["loss"] = torch.tensor(loss.total)
     out["strategy check"] = {"message": _encoded(_shared_strategy_error(rank))}
+    try:
+        DistributedStep(nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8)), Team.current())
+    except ValueError as error:
+        out["batch norm"] = {"message": _encoded(str(error))}
+    out["rebatched"] = rebatched_rows(rank)
+    out["dropout"] = dropout_masks()
     torch.save(out, Path(folder) / f"rank{rank}.pt")

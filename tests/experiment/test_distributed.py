@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distributed_helpers import run_ranks
-from distributed_workers import gradient_rank, one_process_gradients
+from distributed_workers import gradient_rank, one_process_gradients, rebatched_rows
 
 TOLERANCE = 1e-6
 
@@ -50,3 +50,35 @@ def test_ranks_whose_strategy_states_differ_stop_with_an_error(gradients):
         assert message.startswith("after task 1 the 2 ranks hold different states of strategy")
         assert "'ranked'" in message
         assert "train it with one process" in message
+
+
+def test_batch_norm_is_refused_on_every_rank(gradients):
+    """Each rank would normalise its share with its own statistics: not one process's batch."""
+    for rank in gradients[0]:
+        message = bytes(rank["batch norm"]["message"].tolist()).decode()
+        assert message.startswith("the model's 1 (BatchNorm1d) normalises with the statistics")
+        assert "use LayerNorm or GroupNorm, or train with one process" in message
+
+
+def test_rebatched_fisher_data_is_shared_out_as_the_task_batches_are(gradients):
+    """``context.batches`` (fisher_batch_size, the batched Fisher) gives each rank its share:
+    a contiguous part of every batch, or for ``batched`` whole batches r, r + W, ..."""
+    ranks, single = [rank["rebatched"] for rank in gradients[0]], rebatched_rows(None)
+    for size in (4, 5):
+        one = single["per-sample"][size]
+        halves = [r["per-sample"][size] for r in ranks]
+        assert [a + b for a, b in zip(*halves, strict=True)] == one  # rows split, none repeated
+        assert all(len(a) == len(row) // 2 for a, row in zip(halves[0], one, strict=True))
+        whole = [r["batched"][size] for r in ranks]
+        assert whole[0] == single["batched"][size][0::2]
+        assert whole[1] == single["batched"][size][1::2]
+
+
+def test_each_rank_draws_its_own_dropout_masks_and_the_shared_stream_stays_in_step(gradients):
+    (rank0, rank1), _ = gradients
+    a, b = rank0["dropout"], rank1["dropout"]
+    assert a["first masks"].shape == (2, 4, 16)
+    assert not torch.equal(a["first masks"], b["first masks"])  # the shares' noise differs
+    for rank in (a, b):  # the same seed gives the same masks (a resume repeats them)
+        assert torch.equal(rank["first masks"], rank["again masks"])
+    assert torch.equal(a["first global draw"], b["first global draw"])

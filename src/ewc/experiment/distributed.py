@@ -25,6 +25,12 @@ trains every cell with all ranks together (`run_team_cell`), reusing the cell's 
   (equal in distribution, not draw by draw; `ewc.fisher.distributed`). Afterwards the ranks
   compare a digest of the strategy's state: a strategy that does not all-reduce what it computes
   from its shard (``mas``) stops with an error.
+- **Each rank's random draws are its own.** Before each step every rank draws the same number
+  from the shared generator and runs its forward pass on a stream seeded from (that number,
+  rank), so dropout masks differ between the ranks' shares as between the rows of one process's
+  batch (equal in distribution) and the shared generator stays in step (a checkpoint holds it,
+  so a resume repeats the masks). A model whose samples interact in training (BatchNorm's batch
+  statistics) would see W small batches instead of one: it is refused (`check_rank_independent`).
 - **Evaluation all-reduces counts.** Each rank counts correct answers on its exact shard of each
   test set; the accuracy is Σ correct / Σ counted, the one-process accuracy, never a mean of the
   ranks' accuracies (`ShardedEvaluator`).
@@ -36,6 +42,7 @@ trains every cell with all ranks together (`run_team_cell`), reusing the cell's 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -109,7 +116,7 @@ def run_team_cell(
         seed=derived_seed(cell.seed, "evaluation subset"),
     )
     log = CellLog(events, cell, progress)
-    step = DistributedStep(state.model, team)
+    step = DistributedStep(state.model, team)  # refuses a model that couples its samples
     parts = _Parts(config, stream, state, evaluator, log, checkpoints, progress, step)
     outcome = _train_cell_and_close(parts, store, events)  # rank 0's checkpoints on disk
     if outcome.divergence is not None and team.is_main:
@@ -130,6 +137,7 @@ class DistributedStep:
     """
 
     def __init__(self, model: nn.Module, team: Team):
+        check_rank_independent(model)
         self.team = team
         self.ddp = DistributedDataParallel(model)
 
@@ -149,7 +157,8 @@ class DistributedStep:
         local = Batch(
             batch.index, batch.inputs[rows.start : rows.stop], batch.targets[rows.start : rows.stop]
         )
-        task_sum = self._task_loss_sum(local, output_fn)
+        with _own_random_stream(self.team, model):
+            task_sum = self._task_loss_sum(local, output_fn)
         scale = self.team.size / batch.size  # DDP averages: Σ_r (W/B)·∇(sum on r) / W = ∇ mean
         optimizer.zero_grad(set_to_none=True)
         if isinstance(penalty, GradientPenalty):
@@ -176,6 +185,42 @@ class DistributedStep:
             )
         check_targets(logits, local.targets, local)
         return F.cross_entropy(logits, local.targets, reduction="sum")
+
+
+def check_rank_independent(model: nn.Module) -> None:
+    """Refuse a model whose training forward pass mixes its samples (BatchNorm).
+
+    BatchNorm normalises with the statistics of the batch it sees: on W ranks that is each rank's
+    share, so the W-rank run would be that of W small batches, not of the one-process batch (and
+    a share of one sample fails). Layer, group and instance norms act per sample and are fine.
+
+    Raises:
+        ValueError: naming the first batch-norm module.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            raise ValueError(
+                f"the model's {name or 'root'} ({type(module).__name__}) normalises with the "
+                "statistics of each rank's share of the batch, so several ranks would not train "
+                "as one process; use LayerNorm or GroupNorm, or train with one process"
+            )
+
+
+@contextlib.contextmanager
+def _own_random_stream(team: Team, model: nn.Module) -> Iterator[None]:
+    """Run the block on a random stream of this rank's own, seeded from the shared one.
+
+    Every rank draws one number from the shared (global) generator, so the ranks stay in step,
+    and seeds a forked stream with (number, rank): dropout masks then differ between the ranks'
+    shares as between rows of one batch. The global state after the block is the one after the
+    draw, on every rank.
+    """
+    shared = int(torch.randint(0, 2**62, (1,)).item())
+    device = next(model.parameters(), torch.empty(0)).device
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(derived_seed(shared, f"rank {team.rank}"))
+        yield
 
 
 class ShardedEvaluator:
@@ -226,7 +271,8 @@ class ShardedEvaluator:
 class SharedStrategy:
     """A strategy whose ``after_task`` sees this rank's share of the task, checked to agree.
 
-    The context's batches become this rank's share of the one-process Fisher batches (the order
+    The context's batches (``train_batches`` and the re-batching ``batches``) become this rank's
+    share of the one-process Fisher batches (the order
     drawn from the shared generator, so every rank draws the same and the generator stays in
     step), cut at the strategy's ``fisher_samples`` as one process cuts them: a contiguous share
     of every batch, or for ``fisher = "batched"``, whose unit is the batch, whole batches
@@ -253,6 +299,7 @@ class SharedStrategy:
         shared = replace(
             context,
             train_batches=_BatchShare(context.train_batches, limit, self.team, whole=whole),
+            batches=None if context.batches is None else self._share_of(context.batches, whole),
             generator=generator,
         )
         notes = self.inner.after_task(shared)
@@ -265,6 +312,17 @@ class SharedStrategy:
                 "process"
             )
         return notes
+
+    def _share_of(
+        self, batches: Callable[[int], Iterable[Any]], whole: bool
+    ) -> Callable[[int], Iterable[Any]]:
+        """``context.batches`` as this rank's share, cut like ``train_batches``.
+
+        Those are the task re-batched at a size: ``fisher_batch_size``, the ``batched`` Fisher's
+        batches, MAS's batch-mean batches.
+        """
+        limit = getattr(getattr(self.inner, "settings", None), "fisher_samples", None)
+        return lambda size: _BatchShare(batches(size), limit, self.team, whole=whole)
 
     def state_dict(self) -> dict[str, Any]:
         """The wrapped strategy's state (the same on every rank)."""
