@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import ewc
 from ewc import DiagonalFisher, FisherKind
 
 
@@ -30,6 +31,24 @@ def test_addition_is_the_mean_over_all_samples():
     assert merged.num_samples == 4
     assert torch.allclose(merged["w"], torch.full((2, 3), (1 * 1.0 + 3 * 4.0) / 4))
     assert torch.allclose(merged["b"], torch.full((3,), (1 * 2.0 + 3 * 8.0) / 4))
+
+
+def test_addition_equals_one_pass_over_both_data_sets_and_refuses_batched():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    model.double()
+    x, y = torch.randn(18, 3, dtype=torch.float64), torch.randint(0, 3, (18,))
+    a = [(x[:4], y[:4]), (x[4:8], y[4:8])]  # 8 samples
+    b = [(x[8:12], y[8:12]), (x[12:16], y[12:16]), (x[16:], y[16:])]  # 10, a last batch of 2
+    for kind in ("exact", "empirical", "argmax"):
+        merged = ewc.diagonal_fisher(model, a, kind) + ewc.diagonal_fisher(model, b, kind)
+        whole = ewc.diagonal_fisher(model, a + b, kind)
+        assert merged.num_samples == whole.num_samples == 18
+        for name, value in whole.items():
+            assert torch.allclose(merged[name], value, rtol=1e-12, atol=0), (kind, name)
+    batched = [ewc.diagonal_fisher(model, part, "batched") for part in (a, b)]
+    with pytest.raises(ValueError, match="cannot add two 'batched' Fishers: each is a mean over"):
+        batched[0] + batched[1]
 
 
 def test_adding_different_kinds_or_layouts_is_refused():
