@@ -16,15 +16,16 @@ The conventions, as read in each project's source (shared/REFERENCES.md §3 item
   ``ewc_lambda * Σ imp * (θ − θ*)²``, no 1/2; ``imp`` is Σ_batches (gradient of the batch-mean
   cross-entropy)² / number of batches, with the batches of the training mini-batch size.
 - ``mammoth`` (aimagelab/mammoth, ``models/ewc_on.py``): ``e_lambda * Σ fish * (θ − θ*)²``, no
-  1/2 (its hand-written gradient is ``2 * e_lambda * fish * (θ − θ*)``); ``fish`` is a mean over
-  samples, one sample at a time, of p(y|x) · (∂ log p(y|x)/∂θ)² with the dataset label y.
+  1/2 (its hand-written gradient is ``2 * e_lambda * fish * (θ − θ*)``); ``fish`` sums, one
+  sample at a time, p(y|x) · (∂ log p(y|x)/∂θ)² with the dataset label y and divides by the
+  number of batches times the batch size (≥ N with a short last batch; ignored here).
 - ``ewc.pytorch`` (moskomule/ewc.pytorch, ``utils.py``): ``importance * Σ F * (θ − θ*)²``, no 1/2;
   F a mean over single inputs of squared gradients at the argmax label (``kind="argmax"`` here).
 - ``gmvandeven`` (GMvandeVen/continual-learning, ``models/cl/continual_learner.py``):
   ``reg_strength * (1/2) Σ F (θ − θ*)²``; F a per-sample sum over the data divided by the last loop
   index (N − 1 after a full pass: a relative 1/(N − 1), ignored here), by default the exact kind
   (``fisher_labels="all"``). Its online mode also multiplies F by γ inside the penalty, which
-  rescales λ by γ; that is not part of this conversion.
+  rescales λ by γ (λ · γ here); that is not part of this conversion.
 
 The conversion only changes λ: the Fisher *kind* must match too (argmax, empirical, exact and
 Mammoth's probability-weighted squares are different quantities; see `ewc.fisher.kinds`).
@@ -73,8 +74,10 @@ class ConvertedStrength:
         value: λ in the target convention (``float(result)`` gives it too).
         factor: value / the original λ.
         exact: True when the penalties are equal for any Fisher of the matching kind (only the
-            factor 1/2 differs); False when the batched-vs-per-sample scale 1/B entered, which
-            holds only approximately (see `convert_strength`).
+            factor 1/2 differs), up to a relative 1/N of the normalisation (GMvandeVen divides
+            its sum by N − 1, Mammoth by batches × batch size); False when the
+            batched-vs-per-sample scale 1/B entered, which holds only approximately (see
+            `convert_strength`).
         note: one sentence saying how ``factor`` was formed.
     """
 
