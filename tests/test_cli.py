@@ -112,8 +112,41 @@ def test_an_existing_directory_is_never_overwritten(tmp_path, capsys):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     assert main(["run", "--out", str(out), *TINY]) == 2
-    assert "already exists and is not empty" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "already exists and is not empty (and is not a run directory)" in error
+    assert "--resume" not in error  # there is no run in it to resume
     assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # not even a lock file added
+
+
+def test_a_users_own_lock_file_is_left_alone(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text("my lock notes, do not lose")
+    assert main(["run", "--out", str(out), *TINY]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert (out / ".lock").read_text() == "my lock notes, do not lose"
+
+
+def test_a_finished_run_is_not_overwritten_and_resume_is_suggested(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), "--no-report", "--strategies", "finetune", *TINY]) == 0
+    capsys.readouterr()
+    assert main(["run", "--out", str(out), "--no-report", "--strategies", "finetune", *TINY]) == 2
+    assert f"already holds a run; continue it with `ewc run --resume {out}`" in (
+        capsys.readouterr().err
+    )
+
+
+def test_an_empty_strategy_list_and_doubly_set_keys_are_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), "--strategies=", *TINY]) == 2
+    assert "--strategies names no strategy" in capsys.readouterr().err
+    assert main(["run", "--out", str(out), "seeds=[5]", "--seeds", "1", *TINY]) == 2
+    assert "seeds is set twice, by 'seeds=[5]' and by 'seeds=[1]'" in capsys.readouterr().err
+    assert main(["run", "--out", str(out), "strategies.onlinewc.strength=5", *TINY]) == 2
+    assert "strategy 'onlinewc' has unknown type 'onlinewc'" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_resume_refuses_a_changed_config(tmp_path, capsys):

@@ -150,7 +150,13 @@ ALL_STRATEGIES = ["finetune", "l2", "ewc", "online-ewc", "kfac-ewc", "si", "mas"
 
 
 def _compared(text: str) -> list[str]:
-    """The strategy names of ``--strategies``; ``all`` stands for `ALL_STRATEGIES`."""
+    """The strategy names of ``--strategies``; ``all`` stands for `ALL_STRATEGIES`.
+
+    Raises:
+        ValueError: the flag was given but names nothing (``--strategies=``).
+    """
+    if not text.strip():
+        raise ValueError("--strategies names no strategy; give one or more, e.g. ewc,finetune")
     names = [name.strip() for name in text.split(",")]
     return ALL_STRATEGIES if names == ["all"] else names
 
@@ -323,7 +329,7 @@ def _sweep_spec_and_dir(args: argparse.Namespace) -> tuple[Any, Path, str | None
     if args.seeds:
         overrides.append(f"seeds={json.dumps(args.seeds)}")
     searched = [d.key.split(".")[1] for d in dimensions if d.key.startswith("strategies.")]
-    names = [n.strip() for n in args.strategies.split(",")] if args.strategies else searched
+    names = _compared(args.strategies) if args.strategies is not None else searched
     if names:
         overrides.append(f"compare={json.dumps(list(dict.fromkeys(names)))}")
     base = resolve(args.config, overrides).to_dict()
@@ -468,7 +474,7 @@ def _run_config_and_dir(args: argparse.Namespace) -> tuple[Any, Path]:
         ]
     if args.seeds:
         overrides.append(f"seeds={json.dumps(args.seeds)}")
-    if args.strategies:
+    if args.strategies is not None:
         overrides.append(f"compare={json.dumps(_compared(args.strategies))}")
     if args.device is not None:
         overrides.append(f"training.device={json.dumps(args.device)}")

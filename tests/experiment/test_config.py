@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -97,6 +98,21 @@ def test_overrides_take_toml_values_and_bare_strings():
         "d": "split",
         "e": "x y",
     }
+
+
+def test_a_table_override_sets_its_keys_and_a_key_set_twice_is_refused():
+    assert parse_overrides(["training.epochs=1", "training={lr=0.01, threads=1}"]) == {
+        "training": {"epochs": 1, "lr": 0.01, "threads": 1}
+    }  # the table keeps the earlier dotted key, in either order
+    assert parse_overrides(["training={}", "training.lr=1"]) == {"training": {"lr": 1}}
+    for first, second, key in [
+        ("training.epochs=1", "training.epochs=2", "training.epochs"),
+        ("training={lr=0.01}", "training.lr=0.1", "training.lr"),
+        ("training.lr=0.1", "training={lr=0.01}", "training.lr"),
+        ("strategies.ewc.strength=1", "strategies={ewc={strength=2}}", "strategies.ewc.strength"),
+    ]:
+        with pytest.raises(ConfigError, match=f"^{key} is set twice, by '{re.escape(first)}'"):
+            parse_overrides([first, second])
 
 
 def test_the_hash_follows_the_content():

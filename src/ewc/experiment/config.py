@@ -484,9 +484,16 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     """Turn ``["training.epochs=2", "seeds=[0, 1]"]`` into nested data.
 
     Values are TOML values, and a value that is not valid TOML is taken as a string
-    (``benchmark.name=split``).
+    (``benchmark.name=split``). A table value (``training={lr=0.01}``) sets the keys it names
+    and leaves the table's others as they are, like the dotted form.
+
+    Raises:
+        ConfigError: an override that is not ``key=value``, or two overrides that set the same
+            key (``training.epochs=1 training.epochs=2``, or ``training.lr`` by a dotted key and
+            by a table): which one was meant is not for the run to guess.
     """
     nested: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], str] = {}  # each leaf key set so far → the override that set it
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -497,14 +504,39 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             value = tomllib.loads(f"value = {raw}")["value"]
         except tomllib.TOMLDecodeError:
             value = raw.strip()
-        *parents, leaf = key.strip().split(".")
+        path = tuple(key.strip().split("."))
+        *parents, leaf_key = path
         target = nested
         for part in parents:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise ConfigError(f"override {item!r} sets a key inside {part!r}, which is a value")
-        target[leaf] = value
+        for leaf in _leaf_paths(path, value):
+            clash = next((p for p in origin if _overlap(p, leaf)), None)
+            if clash is not None:
+                raise ConfigError(
+                    f"{'.'.join(leaf)} is set twice, by {origin[clash]!r} and by {item!r}; "
+                    "give it once"
+                )
+            origin[leaf] = item
+        target[leaf_key] = (
+            merge(target[leaf_key], value)
+            if isinstance(value, dict) and isinstance(target.get(leaf_key), dict)
+            else value
+        )
     return nested
+
+
+def _leaf_paths(path: tuple[str, ...], value: Any) -> list[tuple[str, ...]]:
+    """The keys a value sets: itself, or for a table every key inside it (none for ``{}``)."""
+    if isinstance(value, dict):
+        return [leaf for k, v in value.items() for leaf in _leaf_paths((*path, k), v)]
+    return [path]
+
+
+def _overlap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """One key path is the other or lies inside it."""
+    return a[: len(b)] == b or b[: len(a)] == a
 
 
 def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

@@ -179,7 +179,11 @@ def stream_for(config: RunConfig, data: ImageDataset | CustomTasks, seed: int) -
 
 
 def _check_strategies(config: RunConfig, factories: Mapping[str, StrategyFactory]) -> None:
-    """Build every compared strategy once on a throw-away model, so bad settings fail first."""
+    """Build every defined strategy once on a throw-away model, so bad settings fail first.
+
+    The strategies not compared are built too: a misspelt name (``strategies.onlinewc.strength``)
+    would otherwise sit in config.json unused while the run trains the unchanged one.
+    """
     missing = [name for name in config.compare if name not in config.strategies]
     if missing:
         defined = ", ".join(repr(n) for n in config.strategies)
@@ -187,7 +191,7 @@ def _check_strategies(config: RunConfig, factories: Mapping[str, StrategyFactory
             f"compare names {missing} but only {defined} are defined under [strategies]"
         )
     probe = torch.nn.Linear(1, 1)
-    for name in config.compare:
+    for name in config.strategies:
         build_strategy(name, config.strategies[name], probe, factories)
 
 

@@ -54,6 +54,21 @@ class FolderLock:
             os.close(descriptor)
 
 
+def is_lock_file(entry: Path) -> bool:
+    """Whether ``entry`` is a lock file as `FolderLock` writes it: ``.lock``, empty or a pid.
+
+    A user's own file of that name (notes, another tool's lock) is not one, and is never
+    truncated: the folder that holds it counts as someone else's.
+    """
+    if entry.name != LOCK_FILE or not entry.is_file():
+        return False
+    try:
+        content = entry.read_bytes()[:64]
+    except OSError:
+        return False
+    return content.strip().isdigit() or not content.strip()
+
+
 def holder(folder: Path) -> str:
     """``process 1234``: who holds the lock of ``folder``, as far as its file says."""
     try:

@@ -36,7 +36,7 @@ from typing import Any
 
 from ewc._atomic import temporary_files, write_json_atomic, write_text_atomic
 from ewc.experiment.storage.accuracy import write_accuracy_csv
-from ewc.experiment.storage.lock import LOCK_FILE, FolderLock, holder
+from ewc.experiment.storage.lock import LOCK_FILE, FolderLock, holder, is_lock_file
 
 _MATRIX_FILE = re.compile(r"seed(-?\d+)_(.+)\.csv")
 
@@ -76,20 +76,31 @@ class RunDirectory:
         run = cls(path)
         if run.path.exists() and not run.path.is_dir():
             raise RunDirectoryError(f"{run.path} is a file, not a directory; choose another --out")
+        if run.path.is_dir() and not run.config_path.exists() and not run.is_unstarted():
+            run._refuse_content()  # someone else's folder: refused before a lock file is made
         run.path.mkdir(parents=True, exist_ok=True)
         run._take_lock()
         try:
             run.clear_unstarted()
             if any(entry.name != LOCK_FILE for entry in run.path.iterdir()):
-                raise RunDirectoryError(
-                    f"{run.path} already exists and is not empty; continue it with "
-                    f"`ewc run --resume {run.path}` or choose another --out"
-                )
+                run._refuse_content()  # another process wrote it meanwhile
             write_json_atomic(run.config_path, config_record)
         except BaseException:
             run.release()
             raise
         return run
+
+    def _refuse_content(self) -> None:
+        """Refuse a folder with content: a run to resume, or someone else's files."""
+        if self.config_path.is_file():
+            raise RunDirectoryError(
+                f"{self.path} already holds a run; continue it with "
+                f"`ewc run --resume {self.path}` or choose another --out"
+            )
+        raise RunDirectoryError(
+            f"{self.path} already exists and is not empty (and is not a run directory); "
+            "choose another --out"
+        )
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, lock: bool = False) -> RunDirectory:
@@ -125,7 +136,7 @@ class RunDirectory:
         if not self.path.is_dir() or self.config_path.exists():
             return False
         leftovers = set(temporary_files(self.config_path))
-        return all(entry in leftovers or entry.name == LOCK_FILE for entry in self.path.iterdir())
+        return all(entry in leftovers or is_lock_file(entry) for entry in self.path.iterdir())
 
     def clear_unstarted(self) -> bool:
         """Remove what a run killed before its config was complete left; True if there was any."""
