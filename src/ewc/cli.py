@@ -330,7 +330,8 @@ def _sweep_spec_and_dir(args: argparse.Namespace) -> tuple[Any, Path, str | None
         overrides.append(f"seeds={json.dumps(args.seeds)}")
     searched = [d.key.split(".")[1] for d in dimensions if d.key.startswith("strategies.")]
     names = _compared(args.strategies) if args.strategies is not None else searched
-    if names:
+    given = any(o.partition("=")[0].strip() == "compare" for o in args.overrides)
+    if names and not (given and args.strategies is None):  # compare=[...] given: it stands
         overrides.append(f"compare={json.dumps(list(dict.fromkeys(names)))}")
     base = resolve(args.config, overrides).to_dict()
     spec = SweepSpec(

@@ -76,6 +76,20 @@ def wrong_shape_model(spec):
     return nn.Linear(spec.input_shape[0], 1)
 
 
+class _Rounded(nn.Module):
+    def __init__(self, spec):
+        super().__init__()
+        self.linear = nn.Linear(spec.input_shape[0], spec.num_outputs * spec.heads)
+        self.shape = (spec.heads, spec.num_outputs) if spec.heads > 1 else (spec.num_outputs,)
+
+    def forward(self, x):
+        return self.linear(x).round().long().view(-1, *self.shape)
+
+
+def int_logits_model(spec):
+    return _Rounded(spec)
+
+
 def tokens(seed):
     """Sequences of 6 token ids (vocabulary 10); the label: is token 1 or 2 the more frequent."""
     generator = torch.Generator().manual_seed(seed)
@@ -190,7 +204,8 @@ def test_sample_limits_and_task_count(factories):
         (
             ["benchmark.factory=own_factories:missing"],
             "has no 'missing'; the public functions it defines: Pairs, bad_labels, bag_model, "
-            "model, not_a_list, tasks, tokens, wrong_shape_model, wrong_type_model",
+            "int_logits_model, model, not_a_list, tasks, tokens, wrong_shape_model, "
+            "wrong_type_model",
         ),
         (["benchmark.factory=own_factories:broken"], "'own_factories:broken' is a int, not a"),
         (
@@ -204,18 +219,28 @@ def test_sample_limits_and_task_count(factories):
             "label 1, which is not one of its declared classes (0, 5)",
         ),
         (
-            [*OWN, "model.factory=own_factories:wrong_type_model"],
+            [OWN[0], "model.factory=own_factories:wrong_type_model"],
             "model.factory 'own_factories:wrong_type_model' returned a str; it must return a "
             "torch.nn.Module",
         ),
         (
-            [*OWN, "model.factory=own_factories:wrong_shape_model"],
+            [OWN[0], "model.factory=own_factories:wrong_shape_model"],
             "the model's output for 2 inputs is (2, 1), but the task stream needs logits of "
             "shape (2, 2, 3)",
         ),
         (["benchmark.name=custom"], "benchmark.name = 'custom' needs benchmark.factory"),
         ([*OWN, "benchmark.name=split"], "so benchmark.name must be 'custom'"),
         ([*OWN, "benchmark.angles=[0.0]"], "benchmark.angles applies to the image benchmarks"),
+        ([*OWN, "benchmark.pad=2"], "benchmark.pad applies to the image benchmarks"),
+        (
+            [OWN[0], "model.factory=own_factories:int_logits_model"],
+            "the model's output is torch.int64; it must be floating logits",
+        ),
+        (
+            ["benchmark.factory=own_factories:tokens"],
+            "your tasks' inputs (benchmark.factory) are torch.int64, but the built-in "
+            "model.name = 'mlp' reads float32",
+        ),
         (
             [*OWN, "benchmark.normalize=[0.1, 0.3]"],
             "benchmark.normalize applies to the image benchmarks",
@@ -287,7 +312,8 @@ def test_a_changed_factory_output_refuses_to_resume(factories, capsys):
 def test_ewc_sweep_runs_trials_on_your_own_tasks(factories, capsys):
     pytest.importorskip("optuna")
     grid = ["--search", "strategies.ewc.strength=1,100", "--no-prune", "--no-report"]
-    tiny = [*TINY[:-1], 'compare=["ewc"]', "training.eval_every=0"]
+    kept = [o for o in TINY[:-1] if not o.startswith("training.eval_every=")]
+    tiny = [*kept, 'compare=["ewc"]', "training.eval_every=0"]
     assert main(["sweep", *grid, "--out", "sweep", "--quiet", *tiny]) == 0
     trials = json.loads((factories / "sweep" / "trials.json").read_text())["trials"]
     assert len(trials) == 2
@@ -312,7 +338,7 @@ def test_the_factory_module_is_found_in_the_working_directory(tmp_path, monkeypa
     (tmp_path / "cwd_only_factories.py").write_text(FACTORIES)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])
-    arguments = ["--out", "run", "--quiet", "--no-report", *TINY[2:], 'compare=["finetune"]']
+    arguments = ["--out", "run", "--quiet", "--no-report", *TINY[2:-1], 'compare=["finetune"]']
     own = ["benchmark.factory=cwd_only_factories:tasks", "model.factory=cwd_only_factories:model"]
     assert main(["run", *arguments, *own]) == 0
     forget_modules()
@@ -327,6 +353,51 @@ def test_the_built_in_mlp_on_your_own_tasks_in_worker_processes(factories):
     assert one.matrices == two.matrices
     record = json.loads((factories / "one" / "config.json").read_text())
     assert record["config"]["model"] == {"name": "mlp", "hidden": [4], "factory": None}
+
+
+SHIFTING = """
+import os
+import torch
+from torch.utils.data import TensorDataset
+from ewc.experiment.streams.factory import TaskSpec
+
+
+def tasks(seed):
+    generator = torch.Generator().manual_seed(seed)
+    shift = {"seed 1": 1.0 if seed == 1 else 0.0, "process": os.getpid() % 97 / 10}.get(
+        os.environ.get("EWC_TEST_SHIFT"), 0.0
+    )
+    out = []
+    for t, classes in enumerate([(0, 1), (2, 3)]):
+        y = torch.tensor(classes)[torch.arange(40) % 2]
+        x = torch.randn(40, 3, generator=generator) + y[:, None].float() + shift
+        out.append(TaskSpec(f"t{t}", TensorDataset(x[:32], y[:32]),
+                            TensorDataset(x[32:], y[32:]), classes))
+    return out
+"""
+
+
+def test_a_factory_that_changes_a_later_seed_or_differs_between_processes_is_refused(
+    factories, monkeypatch
+):
+    (factories / "shifting_factories.py").write_text(SHIFTING)
+    overrides = [
+        "benchmark.factory=shifting_factories:tasks",
+        *TINY[2:-1],
+        'compare=["finetune"]',
+        "seeds=[0, 1]",
+        "model.hidden=[4]",
+    ]
+    config = resolve(overrides=overrides)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, factories / "cut", progress=StopAfter(3), quiet=True)
+    monkeypatch.setenv("EWC_TEST_SHIFT", "seed 1")  # seed 0's tasks unchanged, seed 1's not
+    with pytest.raises(FactoryError, match=r"other tasks for seed 1 than when .*cut was created"):
+        run_experiment(config, factories / "cut", resume=True, quiet=True)
+    monkeypatch.setenv("EWC_TEST_SHIFT", "process")  # each worker process draws other data
+    with pytest.raises(FactoryError, match=r"other tasks for seed [01] than when .*jobs was"):
+        run_experiment(config, factories / "jobs", quiet=True, jobs=2)
+    sys.modules.pop("shifting_factories", None)
 
 
 def test_token_sequences_train_with_every_strategy(factories):

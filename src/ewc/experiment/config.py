@@ -459,6 +459,7 @@ def _check_custom(b: BenchmarkConfig) -> None:
     image_only = {"source": b.source, "data_dir": b.data_dir, "angles": b.angles}
     image_only["normalize"] = b.normalize
     image_only["classes_per_task"] = None if b.classes_per_task == 2 else b.classes_per_task
+    image_only["pad"] = b.pad or None
     for key, value in image_only.items():
         if custom and value is not None:
             raise ConfigError(

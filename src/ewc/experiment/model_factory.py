@@ -101,6 +101,11 @@ def _check_output(model: nn.Module, inputs: torch.Tensor, spec: ModelSpec, facto
     finally:
         model.train(training)
     got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+    if isinstance(output, torch.Tensor) and not output.is_floating_point():
+        raise FactoryError(
+            f"{KEY} {factory!r}: the model's output is {output.dtype}; it must be floating "
+            "logits (the cross-entropy and the Fisher differentiate them)"
+        )
     if got != wanted:
         raise FactoryError(
             f"{KEY} {factory!r}: the model's output for {n} inputs is {got}, but the task stream "

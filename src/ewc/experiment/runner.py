@@ -26,8 +26,15 @@ from ewc._version import __version__
 from ewc.data import ImageDataset, load_dataset
 from ewc.experiment import environment
 from ewc.experiment.cell import run_cell
-from ewc.experiment.config import RunConfig, config_differences, fill_stream_defaults, from_dict
+from ewc.experiment.config import (
+    ConfigError,
+    RunConfig,
+    config_differences,
+    fill_stream_defaults,
+    from_dict,
+)
 from ewc.experiment.distributed import run_team_cell
+from ewc.experiment.factories import FactoryError
 from ewc.experiment.model_factory import build_factory_model
 from ewc.experiment.outcome import CellOutcome
 from ewc.experiment.progress import LineProgress, Progress, make_progress
@@ -196,10 +203,24 @@ def _check_strategies(config: RunConfig, factories: Mapping[str, StrategyFactory
 
 
 def _check_model(config: RunConfig, data: ImageDataset | CustomTasks) -> None:
-    """Build your own model (``model.factory``) once, so that a bad one fails before the run."""
+    """Check the model before the run: your own (``model.factory``) is built once.
+
+    A built-in model on your own tasks needs float32 inputs.
+
+    Raises:
+        ConfigError: a built-in model, and your tasks' inputs are not float32 (token ids, float64).
+    """
     if config.model.factory is not None:
         seed = config.seeds[0]
         build_factory_model(config.model.factory, stream_for(config, data, seed), seed)
+    elif isinstance(data, CustomTasks):
+        inputs = stream_for(config, data, config.seeds[0]).tasks[0].train_inputs
+        if inputs.dtype != torch.float32:
+            raise ConfigError(
+                f"your tasks' inputs (benchmark.factory) are {inputs.dtype}, but the built-in "
+                f"model.name = {config.model.name.value!r} reads float32: convert them in the "
+                "factory, or give your own model.factory (docs/own-model.md)"
+            )
 
 
 def _check_jobs(jobs: int) -> None:
@@ -297,10 +318,46 @@ def _config_record(
             "source": data.source,
             "is_subset": data.is_subset,
             "fingerprint": fingerprint,
+            **_seed_fingerprints(config, data),
         },
         "tasks": [task.name for task in first_stream.tasks],
         "command": " ".join(sys.argv),
     }
+
+
+def _seed_fingerprints(config: RunConfig, data: ImageDataset | CustomTasks) -> dict[str, Any]:
+    """Your own tasks: ``{"seed_fingerprints": {seed: SHA-256 of its stream}}``, else nothing.
+
+    A factory is your code, and nothing but these makes sure that it returns the same tasks
+    for a seed in every process that builds them (worker processes, a resume).
+    """
+    if not isinstance(data, CustomTasks):
+        return {}
+    streams = {str(s): stream_fingerprint(stream_for(config, data, s)) for s in config.seeds}
+    return {"seed_fingerprints": streams}
+
+
+def checked_stream(
+    config: RunConfig, data: ImageDataset | CustomTasks, seed: int, directory: RunDirectory
+) -> TaskStream:
+    """The task stream of ``seed``; for your own tasks, the one the run recorded for it.
+
+    Raises:
+        FactoryError: ``benchmark.factory`` returned other tasks for this seed than when the run
+            directory was created (a factory that is not deterministic, or was changed).
+    """
+    stream = stream_for(config, data, seed)
+    if isinstance(data, CustomTasks):
+        recorded = directory.read_config().get("data", {}).get("seed_fingerprints", {})
+        expected = recorded.get(str(seed)) if isinstance(recorded, dict) else None
+        if expected is not None and stream_fingerprint(stream) != expected:
+            raise FactoryError(
+                f"benchmark.factory returned other tasks for seed {seed} than when "
+                f"{directory.path} was created (SHA-256 {stream_fingerprint(stream)[:12]}…, "
+                f"recorded {expected[:12]}…): a factory must return the same tasks for the same "
+                "seed in every process (seed its random draws with the seed it is given)"
+            )
+    return stream
 
 
 def data_fingerprint(data: ImageDataset) -> str:
@@ -330,7 +387,7 @@ def _run_cells(
     if jobs == 1 or len(cells) == 1:
         if config.training.threads:
             torch.set_num_threads(config.training.threads)
-        streams = {seed: stream_for(config, data, seed) for seed in config.seeds}
+        streams = {seed: checked_stream(config, data, seed, directory) for seed in config.seeds}
         if team.size > 1:
             return [
                 run_team_cell(team, config, streams[c.seed], directory, c, factories, progress)
@@ -365,5 +422,5 @@ def _run_cell_in_worker(
     quiet: bool,
 ) -> CellOutcome:
     """`run_cell` in a worker process, which builds its own stream and prints plain lines."""
-    stream = stream_for(config, data, cell.seed)
+    stream = checked_stream(config, data, cell.seed, RunDirectory(path))
     return run_cell(config, stream, RunDirectory(path), cell, factories, LineProgress(quiet=quiet))
