@@ -233,6 +233,15 @@ def test_sample_limits_and_task_count(factories):
         ([*OWN, "benchmark.angles=[0.0]"], "benchmark.angles applies to the image benchmarks"),
         ([*OWN, "benchmark.pad=2"], "benchmark.pad applies to the image benchmarks"),
         (
+            [OWN[0], "model.factory=os:getcwd"],
+            "model.factory = 'os:getcwd' must take one argument (spec: ModelSpec); its "
+            "signature is ()",
+        ),
+        (
+            ["benchmark.factory=os:getcwd"],
+            "benchmark.factory = 'os:getcwd' must take one argument (seed: int)",
+        ),
+        (
             [OWN[0], "model.factory=own_factories:int_logits_model"],
             "the model's output is torch.int64; it must be floating logits",
         ),

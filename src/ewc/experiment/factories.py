@@ -10,6 +10,7 @@ the config key, the string and what went wrong.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -20,14 +21,15 @@ class FactoryError(ValueError):
     """A factory string that cannot be used: malformed, not importable, missing, or bad output."""
 
 
-def load_function(spec: str, key: str) -> Callable[..., Any]:
+def load_function(spec: str, key: str, argument: str = "") -> Callable[..., Any]:
     """The function ``spec`` = ``"pkg.module:function"`` names (``key`` is its config key).
 
-    ``function`` may be a dotted path inside the module (``"pkg.module:Class.build"``).
+    ``function`` may be a dotted path inside the module (``"pkg.module:Class.build"``). With
+    ``argument`` (what the one argument is, e.g. ``"seed: int"``), it must accept one argument.
 
     Raises:
         FactoryError: ``spec`` is not of that form, the module does not import, it has no such
-            attribute, or the attribute is not callable.
+            attribute, the attribute is not callable, or it cannot take one argument.
     """
     where = f"{key} = {spec!r}"
     module_name, sep, attribute = spec.partition(":") if isinstance(spec, str) else ("", "", "")
@@ -53,7 +55,23 @@ def load_function(spec: str, key: str) -> Callable[..., Any]:
         target = getattr(target, part)
     if not callable(target):
         raise FactoryError(f"{where} is a {type(target).__name__}, not a function")
+    if argument:
+        _check_one_argument(target, where, argument)
     return target
+
+
+def _check_one_argument(function: Callable[..., Any], where: str, argument: str) -> None:
+    """Refuse a function that cannot be called with one positional argument."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # some built-ins have none: the call will tell
+        return
+    try:
+        signature.bind(None)
+    except TypeError:
+        raise FactoryError(
+            f"{where} must take one argument ({argument}); its signature is {signature}"
+        ) from None
 
 
 def import_from_working_directory() -> None:

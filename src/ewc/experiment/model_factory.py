@@ -69,7 +69,7 @@ def build_factory_model(factory: str, stream: TaskStream, seed: int) -> nn.Modul
         scenario=stream.scenario.value,
         seed=seed,
     )
-    function = load_function(factory, KEY)
+    function = load_function(factory, KEY, "spec: ModelSpec")
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         model = function(spec)

@@ -157,7 +157,7 @@ class CustomTasks:
 
 def _call(factory: str, seed: int) -> list[TaskSpec]:
     """The factory's tasks, checked to be a non-empty sequence of `TaskSpec` with valid names."""
-    returned = load_function(factory, KEY)(seed)
+    returned = load_function(factory, KEY, "seed: int")(seed)
     wanted = "a non-empty list of ewc.experiment.streams.factory.TaskSpec, one per task"
     if isinstance(returned, (str, bytes)) or not isinstance(returned, Sequence) or not returned:
         raise FactoryError(f"{KEY} {factory!r} returned {_what(returned)}; it must return {wanted}")
