@@ -464,7 +464,7 @@ def _check_custom(b: BenchmarkConfig) -> None:
         if custom and value is not None:
             raise ConfigError(
                 f"benchmark.{key} applies to the image benchmarks, not to your own tasks "
-                f"(benchmark.factory); remove it (got {value!r})"
+                f"(benchmark.factory); remove it (got {getattr(value, 'value', value)!r})"
             )
 
 
