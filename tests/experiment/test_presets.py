@@ -183,7 +183,8 @@ def test_the_reproduction_table_names_the_environments_a_row_pools(tmp_path):
     reproduce = reproduction_script()
     preset = presets.load("vandeven2025-split-mnist")
     for seed in (0, 1):
-        overrides = [*FEW_STEPS, 'compare=["finetune"]', f"seeds=[{seed}]"]
+        few = [o for o in FEW_STEPS if not o.startswith("seeds=")]
+        overrides = [*few, 'compare=["finetune"]', f"seeds=[{seed}]"]
         config = resolve(overrides=overrides, base=preset.config)
         run_experiment(config, tmp_path / f"seed{seed}", data=tiny_digits(), quiet=True)
     folders = [tmp_path / "seed0", tmp_path / "seed1"]

@@ -22,11 +22,11 @@ from ewc.experiment.streams.loaders import TensorBatches
 from ewc.experiment.streams.protocol import class_permutation, order_classes, pad_images
 from ewc.experiment.summary import FWT_TASK_IL, not_applicable
 from ewc.fisher import FisherKind
-from experiment.test_runner import TINY_RUN, StopAfter, events, learnable_digits
+from experiment.test_runner import TINY_RUN, StopAfter, events, learnable_digits, replaced
 
 
 def tiny_config(*extra: str):
-    return resolve(overrides=[*TINY_RUN, *extra])
+    return resolve(overrides=replaced(TINY_RUN, *extra))
 
 
 def _batches(n: int, size: int) -> TensorBatches:

@@ -56,8 +56,15 @@ TINY = [
 ]
 
 
+def replaced(base: list[str], *extra: str) -> list[str]:
+    """``base`` without the overrides whose keys ``extra`` sets, then ``extra``: a key may be
+    given only once (`ewc.experiment.config.parse_overrides`)."""
+    keys = {item.partition("=")[0] for item in extra}
+    return [item for item in base if item.partition("=")[0] not in keys] + list(extra)
+
+
 def tiny_config(*extra: str):
-    return resolve(overrides=[*TINY, *extra])
+    return resolve(overrides=replaced(TINY, *extra))
 
 
 def final_parameters(run_dir, cell: Cell) -> dict[str, torch.Tensor]:
@@ -232,7 +239,7 @@ def test_a_resume_refuses_an_event_log_shorter_than_its_checkpoint(tmp_path):
 
 def test_a_resume_trains_on_with_the_recorded_thread_count(tmp_path):
     unpinned = [o for o in TINY if not o.startswith("training.threads=")]  # threads: null
-    data, config = learnable_digits(), resolve(overrides=[*unpinned, 'compare=["ewc"]'])
+    data, config = learnable_digits(), resolve(overrides=replaced(unpinned, 'compare=["ewc"]'))
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -494,7 +494,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             by a table): which one was meant is not for the run to guess.
     """
     nested: dict[str, Any] = {}
-    origin: dict[tuple[str, ...], str] = {}  # each leaf key set so far → the override that set it
+    origin: dict[tuple[str, ...], tuple[str, Any]] = {}  # leaf key → (override, its value)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -512,14 +512,9 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise ConfigError(f"override {item!r} sets a key inside {part!r}, which is a value")
-        for leaf in _leaf_paths(path, value):
-            clash = next((p for p in origin if _overlap(p, leaf)), None)
-            if clash is not None:
-                raise ConfigError(
-                    f"{'.'.join(leaf)} is set twice, by {origin[clash]!r} and by {item!r}; "
-                    "give it once"
-                )
-            origin[leaf] = item
+        for leaf, leaf_value in _leaves(path, value):
+            _refuse_a_second_value(origin, leaf, leaf_value, item)
+            origin[leaf] = (item, leaf_value)
         target[leaf_key] = (
             merge(target[leaf_key], value)
             if isinstance(value, dict) and isinstance(target.get(leaf_key), dict)
@@ -528,16 +523,26 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return nested
 
 
-def _leaf_paths(path: tuple[str, ...], value: Any) -> list[tuple[str, ...]]:
-    """The keys a value sets: itself, or for a table every key inside it (none for ``{}``)."""
+def _leaves(path: tuple[str, ...], value: Any) -> list[tuple[tuple[str, ...], Any]]:
+    """The (key, value) pairs a value sets: itself, or for a table each key inside it."""
     if isinstance(value, dict):
-        return [leaf for k, v in value.items() for leaf in _leaf_paths((*path, k), v)]
-    return [path]
+        return [leaf for k, v in value.items() for leaf in _leaves((*path, k), v)]
+    return [(path, value)]
 
 
-def _overlap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    """One key path is the other or lies inside it."""
-    return a[: len(b)] == b or b[: len(a)] == a
+def _refuse_a_second_value(
+    origin: dict[tuple[str, ...], tuple[str, Any]], leaf: tuple[str, ...], value: Any, item: str
+) -> None:
+    """Raise when an earlier override set ``leaf``, or a key around or inside it, otherwise.
+
+    The same key set to the same value again is no conflict.
+    """
+    for path, (earlier, earlier_value) in origin.items():
+        same = path == leaf and earlier_value == value
+        if not same and (path[: len(leaf)] == leaf or leaf[: len(path)] == path):
+            raise ConfigError(
+                f"{'.'.join(leaf)} is set twice, by {earlier!r} and by {item!r}; give it once"
+            )
 
 
 def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
