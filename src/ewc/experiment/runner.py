@@ -241,10 +241,8 @@ def _open_run_dir(
     A resume in another floating-point environment (code, torch, CPU, device) goes on, but
     says so: its remaining steps will not repeat the bits of the first process.
     """
-    if isinstance(data, CustomTasks):  # your tasks, as the factory builds them for the first seed
-        fingerprint = stream_fingerprint(stream_for(config, data, config.seeds[0]))
-    else:
-        fingerprint = data_fingerprint(data)
+    seeds = _seed_fingerprints(config, data)  # your own tasks: each seed's, as built now
+    fingerprint = seeds[str(config.seeds[0])] if seeds else data_fingerprint(data)
     unstarted = RunDirectory(run_dir).is_unstarted()
     if unstarted and (resume or any(Path(run_dir).iterdir())):  # not a fresh empty folder
         progress.announce(
@@ -267,7 +265,10 @@ def _open_run_dir(
                 + "): the steps from here on will not repeat the first process's bits"
             )
         return directory
-    return RunDirectory.create(run_dir, _config_record(config, data, fingerprint, where))
+    record = _config_record(config, data, fingerprint, where)
+    if seeds:
+        record["data"]["seed_fingerprints"] = seeds
+    return RunDirectory.create(run_dir, record)
 
 
 def _check_same_run(directory: RunDirectory, config: RunConfig, fingerprint: str) -> None:
@@ -318,23 +319,21 @@ def _config_record(
             "source": data.source,
             "is_subset": data.is_subset,
             "fingerprint": fingerprint,
-            **_seed_fingerprints(config, data),
         },
         "tasks": [task.name for task in first_stream.tasks],
         "command": " ".join(sys.argv),
     }
 
 
-def _seed_fingerprints(config: RunConfig, data: ImageDataset | CustomTasks) -> dict[str, Any]:
-    """Your own tasks: ``{"seed_fingerprints": {seed: SHA-256 of its stream}}``, else nothing.
+def _seed_fingerprints(config: RunConfig, data: ImageDataset | CustomTasks) -> dict[str, str]:
+    """Your own tasks: ``{seed: SHA-256 of its stream}``; empty for the image data sets.
 
     A factory is your code, and nothing but these makes sure that it returns the same tasks
     for a seed in every process that builds them (worker processes, a resume).
     """
     if not isinstance(data, CustomTasks):
         return {}
-    streams = {str(s): stream_fingerprint(stream_for(config, data, s)) for s in config.seeds}
-    return {"seed_fingerprints": streams}
+    return {str(s): stream_fingerprint(stream_for(config, data, s)) for s in config.seeds}
 
 
 def checked_stream(
@@ -350,10 +349,11 @@ def checked_stream(
     if isinstance(data, CustomTasks):
         recorded = directory.read_config().get("data", {}).get("seed_fingerprints", {})
         expected = recorded.get(str(seed)) if isinstance(recorded, dict) else None
-        if expected is not None and stream_fingerprint(stream) != expected:
+        built = None if expected is None else stream_fingerprint(stream)
+        if built is not None and built != expected:
             raise FactoryError(
                 f"benchmark.factory returned other tasks for seed {seed} than when "
-                f"{directory.path} was created (SHA-256 {stream_fingerprint(stream)[:12]}…, "
+                f"{directory.path} was created (SHA-256 {built[:12]}…, "
                 f"recorded {expected[:12]}…): a factory must return the same tasks for the same "
                 "seed in every process (seed its random draws with the seed it is given)"
             )
