@@ -244,11 +244,7 @@ class QuadraticPenalty:
         own = [p for group in optimizer.param_groups for p in group["params"]]
         only = {id(p) for p in own}
         bound = self._bound_params()  # looked up once per step
-        if not any(id(p) in only for p in bound.values()):
-            raise ValueError(
-                "the optimizer holds none of the penalised parameters: the penalty was built on "
-                "another model (or this optimizer trains other parameters only)"
-            )
+        check_optimizer_holds(bound.values(), only)
         if all(p.grad is None for p in own):
             return None
         with torch.no_grad():
@@ -519,6 +515,21 @@ class _KnownGradient(torch.autograd.Function):
         del ctx.gradients  # released as soon as it is used
         torch._foreach_mul_(gradients, grad_output)
         return (None, None, *gradients)
+
+
+def check_optimizer_holds(penalised: Iterable[Tensor], optimized: set[int]) -> None:
+    """Raise unless one of the ``penalised`` parameters is among the optimizer's (by ``id``).
+
+    Raises:
+        ValueError: none is: the penalty was built on another model (or the optimizer trains
+            other parameters only), and its gradient would go nowhere.
+    """
+    if not any(id(p) in optimized for p in penalised):
+        raise ValueError(
+            "the optimizer holds none of the penalised parameters: the penalty was built on "
+            "another model than the one this optimizer trains (or the optimizer trains other "
+            "parameters only)"
+        )
 
 
 class _StepHook:

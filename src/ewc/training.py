@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ewc._batches import IGNORE_INDEX, Batch, OutputFn, check_targets, iterate_batches, model_logits
 from ewc._modes import evaluation_mode
+from ewc.penalties import check_optimizer_holds
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -228,19 +229,22 @@ def _check_penalty_and_optimizer(penalty: Any, optimizer: torch.optim.Optimizer)
             "the penalty is attached to this optimizer (penalty.attach) and passed to train_step: "
             "its gradient would be added twice; use one of the two"
         )
-    checked = _CHECKED_PAIRS.setdefault(optimizer, set())
     params = getattr(penalty, "penalised_parameters", None)
-    if params is None or id(penalty) in checked:
-        return  # the parameters were checked at an earlier step of this pair
+    if params is None:
+        return
+    checked = _CHECKED_PAIRS.setdefault(optimizer, weakref.WeakSet())
+    try:
+        if penalty in checked:
+            return  # the parameters were checked at an earlier step of this pair
+    except TypeError:  # a penalty that takes no weak reference: checked at every step
+        checked = None
     own = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    if not any(id(p) in own for p in params().values()):
-        raise ValueError(
-            "the optimizer holds none of the penalised parameters: the penalty was built on "
-            "another model than the one this step trains"
-        )
-    checked.add(id(penalty))
+    check_optimizer_holds(params().values(), own)
+    if checked is not None:
+        checked.add(penalty)
 
 
-#: Optimizer → ids of the consolidated penalties whose parameters it was checked to hold (once
-#: per pair: the lookup is a traversal of the model, a visible share of a small model's step).
-_CHECKED_PAIRS: weakref.WeakKeyDictionary[Any, set[int]] = weakref.WeakKeyDictionary()
+#: Optimizer → the consolidated penalties whose parameters it was checked to hold (once per
+#: pair: the lookup is a traversal of the model, a visible share of a small model's step). Weak
+#: on both sides, so that a new penalty never inherits the check of a collected one.
+_CHECKED_PAIRS: weakref.WeakKeyDictionary[Any, weakref.WeakSet] = weakref.WeakKeyDictionary()
