@@ -299,7 +299,9 @@ class SharedStrategy:
         shared = replace(
             context,
             train_batches=_BatchShare(context.train_batches, limit, self.team, whole=whole),
-            batches=None if context.batches is None else self._share_of(context.batches, whole),
+            batches=None
+            if context.batches is None
+            else self._share_of(context.batches, limit, whole),
             generator=generator,
         )
         notes = self.inner.after_task(shared)
@@ -314,14 +316,13 @@ class SharedStrategy:
         return notes
 
     def _share_of(
-        self, batches: Callable[[int], Iterable[Any]], whole: bool
+        self, batches: Callable[[int], Iterable[Any]], limit: int | None, whole: bool
     ) -> Callable[[int], Iterable[Any]]:
         """``context.batches`` as this rank's share, cut like ``train_batches``.
 
         Those are the task re-batched at a size: ``fisher_batch_size``, the ``batched`` Fisher's
         batches, MAS's batch-mean batches.
         """
-        limit = getattr(getattr(self.inner, "settings", None), "fisher_samples", None)
         return lambda size: _BatchShare(batches(size), limit, self.team, whole=whole)
 
     def state_dict(self) -> dict[str, Any]:
