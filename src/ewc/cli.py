@@ -482,6 +482,7 @@ def _run_config_and_dir(args: argparse.Namespace) -> tuple[Any, Path]:
     base = _preset_config(args.preset)
     if args.resume is None:
         config = resolve(args.config, overrides, base)
+        _note_strategies_at_defaults(args, config.compare)
         return config, args.out or _fresh_run_dir(config.benchmark.name)
     if args.out is not None:
         raise ValueError("--out and --resume exclude each other: --resume names the run directory")
@@ -493,6 +494,21 @@ def _run_config_and_dir(args: argparse.Namespace) -> tuple[Any, Path]:
     if overrides:  # changes to the recorded config (only unhashed keys keep its hash)
         return resolve(None, overrides, recorded), args.resume
     return fill_stream_defaults(from_dict(recorded)), args.resume
+
+
+def _note_strategies_at_defaults(args: argparse.Namespace, compare: list[str]) -> None:
+    """Tell on stderr which compared strategies a preset leaves at the built-in settings."""
+    if args.preset is None:
+        return
+    from ewc.experiment import presets
+    from ewc.experiment.config import load_toml, parse_overrides
+
+    preset = presets.load(args.preset)
+    user = [load_toml(args.config) if args.config is not None else {}]
+    user.append(parse_overrides(args.overrides))
+    names = presets.strategies_left_at_defaults(preset, compare, user)
+    if names:
+        print(f"ewc run: {presets.defaults_note(preset, names)}", file=sys.stderr)
 
 
 def _preset_config(name: str | None) -> dict[str, Any] | None:

@@ -121,6 +121,30 @@ def test_cli_runs_a_preset_with_overrides(tmp_path, monkeypatch, capsys):
     assert "FWT n/a" in capsys.readouterr().out
 
 
+def test_a_builtin_strategy_a_preset_does_not_set_is_named_as_left_at_defaults():
+    preset = presets.load("vandeven2025-split-mnist")
+    compare = ["finetune", "ewc", "ewc-exact", "si"]
+    assert presets.strategies_left_at_defaults(preset, compare, [{}]) == ["ewc", "si"]
+    user = [{"strategies": {"ewc": {"strength": 1e5}}}, {}]
+    assert presets.strategies_left_at_defaults(preset, compare, user) == ["si"]
+    permuted = presets.load("vandeven2019-permuted-mnist")
+    assert presets.strategies_left_at_defaults(permuted, ["ewc", "online-ewc"], [{}]) == []
+
+
+def test_cli_tells_when_a_preset_run_uses_built_in_settings(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EWC_CACHE", str(tmp_path / "cache"))
+    args = ["run", "--preset", "vandeven2025-split-mnist", *FEW_STEPS, "--quiet", "--no-report"]
+    args += ["benchmark.train_samples=40", "benchmark.test_samples=20"]
+    assert main([*args, "--strategies=finetune,ewc", "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "preset 'vandeven2025-split-mnist' does not set ewc: built-in settings" in err
+    assert "strength 200.0" in err
+    assert "ewc-exact" in err  # the preset's own strategies are named
+    chosen = ["--strategies=ewc", "strategies.ewc.strength=1e5", "--out", str(tmp_path / "b")]
+    assert main([*args, *chosen]) == 0
+    assert "does not set" not in capsys.readouterr().err
+
+
 def reproduction_script():
     """benchmarks/reproduce.py as a module."""
     path = Path(__file__).parents[2] / "benchmarks" / "reproduce.py"

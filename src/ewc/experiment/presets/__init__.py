@@ -17,6 +17,7 @@ so a preset plus overrides is an ordinary run, recorded in full in ``config.json
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -26,7 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from ewc.experiment.config import ConfigError
+from ewc.experiment.config import BASE_STRATEGIES, OPTIONAL_STRATEGIES, ConfigError
 
 _META_KEYS = {"version", "source", "summary", "published", "grid"}
 
@@ -98,3 +99,35 @@ def listing() -> str:
         preset = load(name)
         blocks.append(f"{name} (v{preset.version})\n  {preset.summary}\n  source: {preset.source}")
     return "\n".join(blocks)
+
+
+def strategies_left_at_defaults(
+    preset: Preset, compare: Sequence[str], user_tables: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """The strategies of ``compare`` that run with the built-in settings, not the preset's.
+
+    A preset sets its own strategies (``vandeven2025-split-mnist``'s ``ewc-exact``, …); a
+    built-in name it does not set (``--strategies ewc`` there) runs with `BASE_STRATEGIES` or
+    `OPTIONAL_STRATEGIES`' settings, unrelated to the protocol. Returned are those names that
+    have settings (``finetune`` has none) and that neither the preset nor ``user_tables`` (the
+    user's config file and overrides, as parsed tables) set.
+    """
+    defaults = {**BASE_STRATEGIES, **OPTIONAL_STRATEGIES}
+    set_somewhere = set(preset.config.get("strategies", {}))
+    for tables in user_tables:
+        strategies = tables.get("strategies")
+        set_somewhere |= set(strategies) if isinstance(strategies, Mapping) else set()
+    return [n for n in compare if defaults.get(n) and n not in set_somewhere]
+
+
+def defaults_note(preset: Preset, names: Sequence[str]) -> str:
+    """One line telling that ``names`` run with built-in settings, and what the preset sets."""
+    defaults = {**BASE_STRATEGIES, **OPTIONAL_STRATEGIES}
+    described = "; ".join(
+        f"{name} ({', '.join(f'{k} {v}' for k, v in defaults[name].items())})" for name in names
+    )
+    own = ", ".join(sorted(preset.config.get("strategies", {}))) or "none"
+    return (
+        f"note: preset {preset.name!r} does not set {', '.join(names)}: built-in settings, not "
+        f"the protocol's: {described}. The preset's own strategies: {own}"
+    )
