@@ -503,3 +503,22 @@ def test_the_environment_is_shown_and_a_resume_elsewhere_is_named(tmp_path):
     assert (
         "The run was finished in another environment (cpu\\_capability AVX512 → AVX2)"
     ) in markdown_of(write_report(run_dir))
+
+
+def test_steps_replacing_epochs_leave_epochs_out_of_the_training_sentence(tmp_path):
+    run = write_run(tmp_path / "run")
+    header = json.loads((run / "config.json").read_text())
+    header["config"]["training"]["steps"] = 2000
+    (run / "config.json").write_text(json.dumps(header), encoding="utf-8")
+    training = next(
+        line for line in markdown_of(write_report(run)).splitlines() if "Training:" in line
+    )
+    assert "steps 2,000 per task (replacing epochs)" in training
+    assert "epochs 1" not in training
+    plain = next(
+        line
+        for line in markdown_of(write_report(write_run(tmp_path / "plain"))).splitlines()
+        if "Training:" in line
+    )
+    assert "epochs 1" in plain
+    assert "replacing" not in plain

@@ -101,7 +101,7 @@ def _summary(run: Run) -> tuple[Any, ...]:
         Strong(scenario_name(benchmark.get("scenario", "unknown"))),
         f" scenario, with {plural(len(run.seeds), 'seed')} ({seeds}). "
         f"Model: {model_description(model)}. "
-        f"Training: {_settings(section(run.config, 'training')) or MISSING}.",
+        f"Training: {_training_settings(section(run.config, 'training')) or MISSING}.",
         _sample_caps(benchmark),
         _seen_outputs(benchmark),
     ]
@@ -137,6 +137,18 @@ def model_description(model: Mapping[str, Any]) -> str:
     if name == "cnn":
         return f"cnn, {CNN_LAYERS}"
     return f"{name} ({_settings(model, skip='name') or 'defaults'})"
+
+
+def _training_settings(training: Mapping[str, Any]) -> str:
+    """The training settings, without ``epochs`` when ``steps`` replaces it."""
+    if training.get("steps") is None:
+        return _settings(training)
+    shown = {key: value for key, value in training.items() if key != "epochs"}
+    parts = _settings(shown).split(", ")
+    return ", ".join(
+        f"{part} per task (replacing epochs)" if part.split(" ")[0] == "steps" else part
+        for part in parts
+    )
 
 
 def _settings(values: Mapping[str, Any], skip: str = "") -> str:
