@@ -481,7 +481,7 @@ def _run_config_and_dir(args: argparse.Namespace) -> tuple[Any, Path]:
         overrides.append(f"training.device={json.dumps(args.device)}")
     base = _preset_config(args.preset)
     if args.resume is None:
-        config = resolve(args.config, overrides, base)
+        config = _resolved_fresh(args, overrides, base)
         _note_strategies_at_defaults(args, config.compare)
         return config, args.out or _fresh_run_dir(config.benchmark.name)
     if args.out is not None:
@@ -494,6 +494,35 @@ def _run_config_and_dir(args: argparse.Namespace) -> tuple[Any, Path]:
     if overrides:  # changes to the recorded config (only unhashed keys keep its hash)
         return resolve(None, overrides, recorded), args.resume
     return fill_stream_defaults(from_dict(recorded)), args.resume
+
+
+def _resolved_fresh(args: argparse.Namespace, overrides: list[str], base: Any) -> Any:
+    """The config of a new run; ``--data-dir`` with your own tasks is refused by its own name.
+
+    Raises:
+        ConfigError: as `resolve`; ``--data-dir`` given for a ``benchmark.factory`` run (the
+            flag's ``benchmark.source`` would otherwise be blamed).
+    """
+    from ewc.experiment.config import Benchmark, ConfigError, resolve
+
+    try:
+        return resolve(args.config, overrides, base)
+    except ConfigError:
+        if args.data_dir is None:
+            raise
+        without = [
+            o for o in overrides if not o.startswith(("benchmark.source=", "benchmark.data_dir="))
+        ]
+        try:
+            custom = resolve(args.config, without, base).benchmark.name is Benchmark.CUSTOM
+        except ConfigError:
+            custom = False
+        if custom:
+            raise ConfigError(
+                "--data-dir names the folder of an image benchmark's files; your own tasks "
+                "(benchmark.factory) bring their own data: remove --data-dir"
+            ) from None
+        raise
 
 
 def _note_strategies_at_defaults(args: argparse.Namespace, compare: list[str]) -> None:

@@ -232,6 +232,7 @@ def test_sample_limits_and_task_count(factories):
         ([*OWN, "benchmark.name=split"], "so benchmark.name must be 'custom'"),
         ([*OWN, "benchmark.angles=[0.0]"], "benchmark.angles applies to the image benchmarks"),
         ([*OWN, "benchmark.pad=2"], "benchmark.pad applies to the image benchmarks"),
+        ([*OWN, "--data-dir", "digits"], "--data-dir names the folder of an image benchmark"),
         (
             [OWN[0], "model.factory=os:getcwd"],
             "model.factory = 'os:getcwd' must take one argument (spec: ModelSpec); its "
