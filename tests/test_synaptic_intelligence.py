@@ -131,3 +131,77 @@ def test_the_path_integral_follows_parameters_replaced_by_name():
     model.theta = nn.Parameter(torch.zeros(3, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"'theta' has shape \(3,\) but SI tracks it"):
         si.before_step()
+
+
+def task_two_by_hand(si_order):
+    """The hand example's task 2 with ω from the total gradient, the step run by ``si_order``."""
+    model = Scalar(1.0)
+    si = ewc.SynapticIntelligence(model, strength=3.0, damping=0.25, path_gradient="total")
+    sgd_steps(model, si, lambda t: ((t - 3) ** 2).sum(), lr=0.25, steps=2)  # no penalty yet
+    si.consolidate()  # Ω = 2, θ̃ = 2.5, as in the task-loss example
+    with torch.no_grad():
+        model.theta.fill_(2.5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        si_order(model, si, opt)
+        si.after_step()
+    return model, si
+
+
+def test_the_total_path_gradient_counts_the_penalty_whichever_way_it_reaches_grad():
+    # Step 2 of task 2: g = 4 + penalty −6 = −2, Δθ = 0.2: ω += +0.4 (the task loss alone: −0.8)
+    def backward_then_record_then_add(model, si, opt):
+        (model.theta**2).sum().backward()
+        si.before_step()
+        si.add_gradient_()
+        opt.step()
+
+    def add_then_record(model, si, opt):
+        (model.theta**2).sum().backward()
+        si.add_gradient_()
+        si.before_step()
+        opt.step()
+
+    def joint_backward(model, si, opt):
+        ((model.theta**2).sum() + si()).backward()
+        si.before_step()
+        opt.step()
+
+    def attached_hook(model, si, opt):
+        (model.theta**2).sum().backward()
+        si.before_step()
+        with_hook = si.attach(opt)
+        opt.step()
+        with_hook.remove()
+
+    for order in (backward_then_record_then_add, add_then_record, joint_backward, attached_hook):
+        model, si = task_two_by_hand(order)
+        assert model.theta.item() == pytest.approx(2.2), order.__name__
+        assert si.path_integral["theta"].item() == pytest.approx(2.5 + 0.4), order.__name__
+        si.consolidate()  # Ω = 2 + 2.9 / (0.3² + 0.25)
+        assert si.importance["theta"].item() == pytest.approx(2 + 2.9 / 0.34), order.__name__
+
+
+def test_the_clamp_is_counted_and_the_path_gradient_is_kept_in_the_state():
+    model = Scalar(0.0, 0.0)
+    si = ewc.SynapticIntelligence(model, strength=1.0, damping=0.25, path_gradient="total")
+    model.theta.grad = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    si.before_step()
+    with torch.no_grad():
+        model.theta.add_(1.0)
+    si.after_step()
+    si.consolidate()
+    assert si.clamped == 1
+    twin = ewc.SynapticIntelligence(model, strength=1.0)
+    twin.load_state_dict(si.state_dict())
+    assert twin.path_gradient == "total"
+    old = si.state_dict()
+    del old["path_gradient"]  # a state written before the option existed
+    twin = ewc.SynapticIntelligence(model, strength=1.0)
+    twin.load_state_dict(old)
+    assert twin.path_gradient == "task"
+    with pytest.raises(
+        ValueError, match=r"unknown SI path gradient 'both'; valid .*'task', 'total'"
+    ):
+        ewc.SynapticIntelligence(model, strength=1.0, path_gradient="both")

@@ -17,6 +17,14 @@ latest task (Eq. 4: no 1/2, so ``strength`` is the paper's c). The max(0, ·) fo
 code (ganguli-lab/pathint, ``pathint/protocols.py``: a ReLU on the running Ω): with momentum or
 Adam a step can move against its gradient and make ω negative, and a negative importance would
 reward moving away from the anchor.
+
+Whose gradient g is (``path_gradient``): ``"task"`` (default), the task loss's alone, as in the
+authors' code, which records the unregularised gradient; ``"total"``, the gradient the optimizer
+stepped with, penalty included, as in van de Ven's code (GMvandeVen/continual-learning,
+``train.py``: ``W[n].add_(-p.grad*(p.detach()-p_old[n]))`` after the step of the total loss,
+used for "Three scenarios for continual learning", 2019). That code also adds ω/(Δ² + ξ) to Ω
+without the max(0, ·); here Ω stays clamped (a negative importance is refused by every penalty
+of this library), and `clamped` counts the entries the clamp set to 0 at the last consolidation.
 """
 
 from __future__ import annotations
@@ -27,7 +35,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ewc._choices import Choice
 from ewc.penalties import QuadraticPenalty
+
+
+class PathGradient(Choice):
+    """Which gradient SI's path integral ω = −Σ g Δθ uses (see the module docstring)."""
+
+    __noun__ = ("SI path gradient", "SI path gradients")
+
+    TASK = "task"  # Zenke et al.'s code: the task loss's gradient only
+    TOTAL = "total"  # van de Ven's code: the gradient of task loss + penalty, as stepped with
 
 
 class SynapticIntelligence(QuadraticPenalty):
@@ -57,12 +75,26 @@ class SynapticIntelligence(QuadraticPenalty):
         strength: c ≥ 0, the paper's constant (the penalty has no 1/2).
         damping: ξ > 0 of Eq. 5 (0.1 in the authors' permuted-MNIST notebook, 1e-3 in their
             split CIFAR runs; ganguli-lab/pathint).
+        path_gradient: ``"task"`` (the task loss's gradient, the authors' code) or ``"total"``
+            (task loss and penalty, van de Ven's code). With ``"total"`` the penalty's gradient
+            counts whichever way it reaches ``.grad``: a joint backward or `add_gradient_` before
+            `before_step`, or `add_gradient_` / the `attach` hook after it (then added to the
+            recorded g as well).
     """
 
     penalty_factor = 1.0
 
-    def __init__(self, model: nn.Module, *, strength: float, damping: float = 0.1):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        strength: float,
+        damping: float = 0.1,
+        path_gradient: PathGradient | str = PathGradient.TASK,
+    ):
         super().__init__(model, strength=strength, mode="online")
+        self.path_gradient = PathGradient.parse(path_gradient)
+        self.clamped = 0  # Ω entries the max(0, ·) set to 0 at the last consolidation
         if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not damping > 0:
             raise ValueError(f"damping (ξ) must be a number > 0; got {damping!r}")
         if damping == float("inf"):
@@ -82,7 +114,14 @@ class SynapticIntelligence(QuadraticPenalty):
 
     @torch.no_grad()
     def before_step(self) -> None:
-        """Record the task loss's gradient g (from ``.grad``) and the parameters before the step."""
+        """Record g (``.grad`` now) and the parameters before the step.
+
+        With ``path_gradient="task"`` call it after the task loss's backward and before the
+        penalty's gradient is added. With ``"total"``: after the penalty's gradient is in
+        ``.grad`` (a joint backward of loss and penalty, or `add_gradient_`), or before
+        `add_gradient_` or the `attach` hook adds it (a second ``backward`` of the penalty
+        alone after this call is not seen).
+        """
         self._follow_model()
         grads = {
             n: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
@@ -106,7 +145,10 @@ class SynapticIntelligence(QuadraticPenalty):
 
     @torch.no_grad()
     def consolidate(self) -> None:
-        """End of a task: Ω ← max(0, Ω + ω / (Δ² + ξ)), anchor θ̃ = θ now; ω and Δ restart."""
+        """End of a task: Ω ← max(0, Ω + ω / (Δ² + ξ)), anchor θ̃ = θ now; ω and Δ restart.
+
+        `clamped` becomes the number of entries the max(0, ·) set to 0.
+        """
         if self._pending is not None:
             raise RuntimeError("before_step() was called without its after_step()")
         self._follow_model()
@@ -115,7 +157,9 @@ class SynapticIntelligence(QuadraticPenalty):
             moved = param.detach() - self._start[name]
             added = self._path[name] / (moved.square() + self.damping)
             old = self._importance.get(name)
-            total[name] = (added if old is None else old + added).clamp_min(0)
+            total[name] = added if old is None else old + added
+        clamped = sum(int((t < 0).sum()) for t in total.values())
+        total = {name: t.clamp_min(0) for name, t in total.items()}
         previous, self._importance = self._importance, {}
         try:  # with no Ω held, the online mode's consolidation sets Ω = total and θ̃ = θ now
             self._consolidate(total, "si")
@@ -124,6 +168,30 @@ class SynapticIntelligence(QuadraticPenalty):
             raise
         self._start = {n: p.detach().clone() for n, p in self._tracked.items()}
         self._path = {n: torch.zeros_like(t) for n, t in self._path.items()}
+        self.clamped = clamped
+
+    def _add_gradient(
+        self,
+        bound: dict[str, nn.Parameter],
+        value: bool,
+        only: set[int] | None,
+        loss_scale: float,
+    ) -> Tensor | None:
+        """Add the penalty's gradient to ``.grad``; with ``"total"``, after `before_step`, to g."""
+        if self.path_gradient is not PathGradient.TOTAL or self._pending is None:
+            return super()._add_gradient(bound, value, only, loss_scale)
+        grads = self._pending[0]
+        touched = {n: p for n, p in bound.items() if n in grads and (only is None or id(p) in only)}
+        before = {
+            n: None if p.grad is None else p.grad.detach().clone() for n, p in touched.items()
+        }
+        result = super()._add_gradient(bound, value, only, loss_scale)
+        with torch.no_grad():
+            for name, param in touched.items():
+                if param.grad is not None:
+                    added = param.grad if before[name] is None else param.grad - before[name]
+                    grads[name].add_(added)
+        return result
 
     def _follow_model(self) -> None:
         """Track the model's parameters now, by name (a replaced module is followed).
@@ -148,6 +216,7 @@ class SynapticIntelligence(QuadraticPenalty):
         """The penalty's state plus ξ, the running ω and the task's starting parameters."""
         state = super().state_dict()
         state["damping"] = self.damping
+        state["path_gradient"] = self.path_gradient.value
         state["path_integral"] = {n: t.clone() for n, t in self._path.items()}
         state["task_start"] = {n: t.clone() for n, t in self._start.items()}
         return state
@@ -156,6 +225,8 @@ class SynapticIntelligence(QuadraticPenalty):
         """Restore a `state_dict()` (also in the middle of a task)."""
         super().load_state_dict(state)
         self.damping = float(state["damping"])
+        if "path_gradient" in state:  # states written before the option existed used "task"
+            self.path_gradient = PathGradient.parse(state["path_gradient"])
         self._path = _fitted(state["path_integral"], self._tracked, "path_integral")
         self._start = _fitted(state["task_start"], self._tracked, "task_start")
         self._pending = None

@@ -53,6 +53,53 @@ def test_si_strategy_records_the_same_path_as_before_and_after_step():
     assert si.importance["weight"].abs().sum() > 0
 
 
+@pytest.mark.parametrize("path_gradient", ["task", "total"])
+def test_si_strategy_path_gradient_matches_a_joint_backward_twin(path_gradient):
+    """Two tasks, so that the penalty is on: "total" ω must count it, "task" ω must not."""
+    model, twin_model = make_model(), make_model()
+    settings = {"strength": 5.0, "damping": 0.2, "path_gradient": path_gradient}
+    strategy = build_strategy("si", settings, model)
+    twin = ewc.SynapticIntelligence(twin_model, strength=5.0, damping=0.2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    twin_opt = torch.optim.Adam(twin_model.parameters(), lr=1e-2)
+    for task in (0, 1):
+        for i, (x, y) in enumerate(batches(task) * 3):
+            train_step(model, Batch(i, x, y), opt, penalty=strategy.penalty())
+            twin_opt.zero_grad()
+            loss = nn.functional.cross_entropy(twin_model(x), y)
+            if path_gradient == "total":  # g read after the penalty's gradient is in .grad
+                (loss + twin()).backward()
+                twin.before_step()
+            else:
+                loss.backward()
+                twin.before_step()
+                twin.add_gradient_()
+            twin_opt.step()
+            twin.after_step()
+        strategy.after_task(context(model, batches(task)))
+        twin.consolidate()
+    si = strategy.penalty().si
+    assert si.num_tasks == 2
+    for name in twin.importance:
+        assert torch.allclose(si.importance[name], twin.importance[name], rtol=1e-10)
+    for name, param in model.named_parameters():
+        assert torch.allclose(param, dict(twin_model.named_parameters())[name], rtol=1e-10)
+
+
+def test_si_strategy_notes_how_many_entries_the_clamp_set_to_zero():
+    model = make_model()
+    strategy = build_strategy("si", {}, model)
+    si = strategy.penalty().si
+    model.weight.grad = torch.ones_like(model.weight)
+    model.bias.grad = torch.zeros_like(model.bias)
+    strategy.penalty().add_gradient_()  # records g = 1 for the weight
+    with torch.no_grad():
+        model.weight[0].add_(1.0)  # moved along g: ω = −1 for these 3 entries
+    (note,) = strategy.after_task(context(model, batches()))
+    assert si.clamped == 3
+    assert note.startswith("si: 3 of 8 importance entries were negative after this task")
+
+
 def test_si_state_mid_task_survives_a_round_trip():
     model = make_model()
     strategy = build_strategy("si", {}, model)

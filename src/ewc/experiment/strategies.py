@@ -29,7 +29,7 @@ from ewc.experiment.config import ConfigError, Optimizer, above, at_least, build
 from ewc.fisher import FisherKind, diagonal_fisher, kfac_fisher
 from ewc.mas import MAS, MASGradient, mas_importance
 from ewc.penalties import EWC, L2, PenaltyMode, QuadraticPenalty
-from ewc.synaptic_intelligence import SynapticIntelligence
+from ewc.synaptic_intelligence import PathGradient, SynapticIntelligence
 
 
 @dataclass(frozen=True)
@@ -291,6 +291,8 @@ class SISettings:
 
     strength: float = at_least(0.0, 0.1)  # c; the penalty is c Σ Ω (θ − θ̃)², no 1/2
     damping: float = above(0.0, 0.1)  # ξ
+    # g of ω = −Σ g Δθ: "task" (Zenke et al.'s code) or "total", penalty included (van de Ven's)
+    path_gradient: PathGradient = PathGradient.TASK
 
 
 @dataclass(frozen=True)
@@ -327,8 +329,12 @@ class _StepTracker:
 
     def add_gradient_(self) -> Tensor:
         self.close()
-        self.si.before_step()
         self._open = True
+        if self.si.path_gradient is PathGradient.TOTAL:  # g of the total loss: read after adding
+            value = self.si.add_gradient_()
+            self.si.before_step()
+            return value
+        self.si.before_step()
         return self.si.add_gradient_()
 
     def __call__(self) -> Tensor:
@@ -346,10 +352,21 @@ class SIStrategy:
         return self._tracker
 
     def after_task(self, context: TaskContext) -> list[str]:
-        """Record the last step, then consolidate Ω and anchor θ̃ = θ; return no notes."""
+        """Record the last step, then consolidate Ω and anchor θ̃ = θ.
+
+        Returns a note when the max(0, ·) of Eq. 5 set importance entries to 0 (an optimizer
+        step can move against its gradient, making ω < 0), with how many.
+        """
+        si = self._tracker.si
         self._tracker.close()
-        self._tracker.si.consolidate()
-        return []
+        si.consolidate()
+        if not si.clamped:
+            return []
+        entries = sum(t.numel() for t in si.importance.values())
+        return [
+            f"si: {si.clamped:,} of {entries:,} importance entries were negative after this "
+            "task and set to 0 (Ω ← max(0, Ω + ω/(Δ² + ξ)))"
+        ]
 
     def state_dict(self) -> dict[str, Any]:
         """SI's state, including the running path integral, after recording the last step."""
@@ -401,7 +418,12 @@ class MASStrategy:
 def make_si(model: nn.Module, params: Mapping[str, Any]) -> Strategy:
     """``si``: the path-integral importance of Zenke et al. (2017)."""
     settings = build_dataclass(SISettings, params, "")
-    si = SynapticIntelligence(model, strength=settings.strength, damping=settings.damping)
+    si = SynapticIntelligence(
+        model,
+        strength=settings.strength,
+        damping=settings.damping,
+        path_gradient=settings.path_gradient,
+    )
     return SIStrategy(si)
 
 
