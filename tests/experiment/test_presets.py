@@ -69,6 +69,21 @@ def test_the_2025_preset_holds_every_fisher_variant_of_the_blog_with_its_grid():
     assert all(len(preset.grid[name]) == 14 for name in preset.config["compare"][1:])
 
 
+def test_the_2019_presets_run_si_as_the_reference_code_does():
+    """c from param_values.py per scenario, ε = 0.1, ω from the total loss's gradient."""
+    expected = {"task": 50.0, "domain": 500.0, "class": 0.5}
+    cs = {}
+    for scenario in expected:
+        config = resolve(base=presets.load(f"vandeven2019-split-mnist-{scenario}").config)
+        cs[scenario] = config.strategies["si"]["strength"]
+        assert config.strategies["si"]["path_gradient"] == "total"
+        assert config.strategies["si"]["damping"] == 0.1
+        assert "si" in config.compare
+    assert cs == expected
+    permuted = resolve(base=presets.load("vandeven2019-permuted-mnist").config)
+    assert permuted.strategies["si"] == {"strength": 5.0, "damping": 0.1, "path_gradient": "total"}
+
+
 @pytest.mark.parametrize("name", sorted(REQUIRED))
 def test_each_preset_runs_a_few_steps_as_an_ordinary_run(tmp_path, name):
     preset = presets.load(name)
