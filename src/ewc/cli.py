@@ -479,10 +479,12 @@ def _run_config_and_dir(args: argparse.Namespace) -> tuple[Any, Path]:
         overrides.append(f"compare={json.dumps(_compared(args.strategies))}")
     if args.device is not None:
         overrides.append(f"training.device={json.dumps(args.device)}")
-    base = _preset_config(args.preset)
+    preset = _preset(args.preset)
+    base = None if preset is None else preset.config
     if args.resume is None:
         config = _resolved_fresh(args, overrides, base)
-        _note_strategies_at_defaults(args, config.compare)
+        if preset is not None:
+            _note_strategies_at_defaults(args, preset, config.compare)
         return config, args.out or _fresh_run_dir(config.benchmark.name)
     if args.out is not None:
         raise ValueError("--out and --resume exclude each other: --resume names the run directory")
@@ -525,14 +527,11 @@ def _resolved_fresh(args: argparse.Namespace, overrides: list[str], base: Any) -
         raise
 
 
-def _note_strategies_at_defaults(args: argparse.Namespace, compare: list[str]) -> None:
-    """Tell on stderr which compared strategies a preset leaves at the built-in settings."""
-    if args.preset is None:
-        return
+def _note_strategies_at_defaults(args: argparse.Namespace, preset: Any, compare: list[str]) -> None:
+    """Tell on stderr which compared strategies ``preset`` leaves at the built-in settings."""
     from ewc.experiment import presets
     from ewc.experiment.config import load_toml, parse_overrides
 
-    preset = presets.load(args.preset)
     user = [load_toml(args.config) if args.config is not None else {}]
     user.append(parse_overrides(args.overrides))
     names = presets.strategies_left_at_defaults(preset, compare, user)
@@ -540,13 +539,13 @@ def _note_strategies_at_defaults(args: argparse.Namespace, compare: list[str]) -
         print(f"ewc run: {presets.defaults_note(preset, names)}", file=sys.stderr)
 
 
-def _preset_config(name: str | None) -> dict[str, Any] | None:
-    """The config tables of the shipped preset ``name`` (None: no preset)."""
+def _preset(name: str | None) -> Any:
+    """The shipped preset ``name`` (`ewc.experiment.presets.Preset`; None: no preset)."""
     if name is None:
         return None
     from ewc.experiment import presets
 
-    return presets.load(name).config
+    return presets.load(name)
 
 
 def _fresh_run_dir(benchmark: str) -> Path:

@@ -143,18 +143,13 @@ def _training_settings(training: Mapping[str, Any]) -> str:
     """The training settings, without ``epochs`` when ``steps`` replaces it."""
     if training.get("steps") is None:
         return _settings(training)
-    shown = {key: value for key, value in training.items() if key != "epochs"}
-    parts = _settings(shown).split(", ")
-    return ", ".join(
-        f"{part} per task (replacing epochs)" if part.split(" ")[0] == "steps" else part
-        for part in parts
-    )
+    return _settings(training, skip="epochs", after={"steps": " per task (replacing epochs)"})
 
 
-def _settings(values: Mapping[str, Any], skip: str = "") -> str:
-    """``key value`` pairs; unset (null) ones are left to the full config below."""
+def _settings(values: Mapping[str, Any], skip: str = "", after: Mapping[str, str] = {}) -> str:
+    """``key value`` pairs, ``after[key]`` appended; unset (null) ones are left to the config."""
     shown = {key: value for key, value in values.items() if key != skip and value is not None}
-    return ", ".join(f"{key} {number(value)}" for key, value in shown.items())
+    return ", ".join(f"{key} {number(value)}{after.get(key, '')}" for key, value in shown.items())
 
 
 def _sample_caps(benchmark: Mapping[str, Any]) -> str:

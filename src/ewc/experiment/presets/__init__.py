@@ -31,6 +31,9 @@ from ewc.experiment.config import BASE_STRATEGIES, OPTIONAL_STRATEGIES, ConfigEr
 
 _META_KEYS = {"version", "source", "summary", "published", "grid"}
 
+#: Every built-in strategy's settings, as a config without a table for it resolves them.
+_BUILT_IN = {**BASE_STRATEGIES, **OPTIONAL_STRATEGIES}
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -112,19 +115,17 @@ def strategies_left_at_defaults(
     have settings (``finetune`` has none) and that neither the preset nor ``user_tables`` (the
     user's config file and overrides, as parsed tables) set.
     """
-    defaults = {**BASE_STRATEGIES, **OPTIONAL_STRATEGIES}
     set_somewhere = set(preset.config.get("strategies", {}))
     for tables in user_tables:
         strategies = tables.get("strategies")
         set_somewhere |= set(strategies) if isinstance(strategies, Mapping) else set()
-    return [n for n in compare if defaults.get(n) and n not in set_somewhere]
+    return [n for n in compare if _BUILT_IN.get(n) and n not in set_somewhere]
 
 
 def defaults_note(preset: Preset, names: Sequence[str]) -> str:
     """One line telling that ``names`` run with built-in settings, and what the preset sets."""
-    defaults = {**BASE_STRATEGIES, **OPTIONAL_STRATEGIES}
     described = "; ".join(
-        f"{name} ({', '.join(f'{k} {v}' for k, v in defaults[name].items())})" for name in names
+        f"{name} ({', '.join(f'{k} {v}' for k, v in _BUILT_IN[name].items())})" for name in names
     )
     own = ", ".join(sorted(preset.config.get("strategies", {}))) or "none"
     return (
