@@ -14,7 +14,10 @@ def test_the_distributed_page_runs_under_torchrun_as_written(tmp_path):
     page = (DOCS / "distributed.md").read_text(encoding="utf-8")
     (code,) = re.findall(r"```python\n(.*?)```", page, re.S)
     script = tmp_path / "ewc_ddp.py"
-    script.write_text(code)
+    threads = 'len(__import__("os").listdir("/proc/self/task"))'
+    before = f"THREADS_AT_START = {threads}\n"  # prepended and appended: the page's code is kept
+    after = f'\nprint("threads", THREADS_AT_START, {threads})  # after destroy_process_group\n'
+    script.write_text(before + code + after)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     done = subprocess.run(
         [*command, "--nproc-per-node=2", str(script)], capture_output=True, text=True, timeout=900
@@ -26,3 +29,7 @@ def test_the_distributed_page_runs_under_torchrun_as_written(tmp_path):
     task_a, task_b = (float(a) for a in lines[-1].split(": ")[1].split())
     assert task_a > 0.6  # task A kept after task B (chance: 0.1)
     assert task_b > 0.6
+    # destroy_process_group ended the group: its threads could otherwise abort the exit
+    counts = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("threads")]
+    assert len(counts) == 2  # one line per rank
+    assert all(start == end for start, end in counts), counts

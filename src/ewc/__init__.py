@@ -3,6 +3,7 @@
 The public API, grouped: Fisher estimation, penalties, training.
 """
 
+from ewc import _process_group_exit
 from ewc._version import __version__
 from ewc.fisher import (
     DiagonalFisher,
@@ -20,6 +21,9 @@ from ewc.sharding import ShardMode, shard
 from ewc.strength import ConvertedStrength, StrengthConvention, convert_strength
 from ewc.synaptic_intelligence import SynapticIntelligence
 from ewc.training import NonFiniteLossError, evaluate, train_epoch
+
+# Before any process group exists, so that destroy_process_group can end one (see the module).
+_process_group_exit.import_before_any_group()
 
 __all__ = [
     "__version__",
