@@ -8,16 +8,18 @@ import sys
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+THREADS_AT_START = 'import os\nTHREADS_AT_START = len(os.listdir("/proc/self/task"))\n'
+# After destroy_process_group, in one write(2), which the other rank's cannot split (python -u).
+THREADS_AT_END = (
+    '\nos.write(1, b"threads %d %d\\n" % (THREADS_AT_START, len(os.listdir("/proc/self/task"))))\n'
+)
 
 
 def test_the_distributed_page_runs_under_torchrun_as_written(tmp_path):
     page = (DOCS / "distributed.md").read_text(encoding="utf-8")
     (code,) = re.findall(r"```python\n(.*?)```", page, re.S)
     script = tmp_path / "ewc_ddp.py"
-    threads = 'len(__import__("os").listdir("/proc/self/task"))'
-    before = f"THREADS_AT_START = {threads}\n"  # prepended and appended: the page's code is kept
-    after = f'\nprint("threads", THREADS_AT_START, {threads})  # after destroy_process_group\n'
-    script.write_text(before + code + after)
+    script.write_text(THREADS_AT_START + code + THREADS_AT_END)  # the page's code, unchanged
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     done = subprocess.run(
         [*command, "--nproc-per-node=2", str(script)], capture_output=True, text=True, timeout=900
@@ -30,6 +32,6 @@ def test_the_distributed_page_runs_under_torchrun_as_written(tmp_path):
     assert task_a > 0.6  # task A kept after task B (chance: 0.1)
     assert task_b > 0.6
     # destroy_process_group ended the group: its threads could otherwise abort the exit
-    counts = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("threads")]
+    counts = re.findall(r"^threads (\d+) (\d+)$", done.stdout, re.M)
     assert len(counts) == 2  # one line per rank
     assert all(start == end for start, end in counts), counts
