@@ -29,16 +29,14 @@ import torch
 CAPTURING_MODULE = "torch.distributed.nn.functional"
 
 
-def import_before_any_group() -> bool:
-    """Import `CAPTURING_MODULE` now, while it cannot capture a group; return whether it did.
+def import_before_any_group() -> None:
+    """Import `CAPTURING_MODULE` now, while it cannot capture a group.
 
     Does nothing where torch has no distributed support, where the module is already imported,
     and inside an initialised group (importing it there would capture that group).
     """
     distributed = torch.distributed
-    if not distributed.is_available() or CAPTURING_MODULE in sys.modules:
-        return False
-    if distributed.is_initialized():
-        return False
-    importlib.import_module(CAPTURING_MODULE)
-    return True
+    if not distributed.is_available() or distributed.is_initialized():
+        return
+    if CAPTURING_MODULE not in sys.modules:
+        importlib.import_module(CAPTURING_MODULE)

@@ -11,10 +11,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ewc._version import __version__
 from ewc.experiment.factories import import_from_working_directory
+
+if TYPE_CHECKING:
+    from ewc.experiment.presets import Preset
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -527,7 +530,9 @@ def _resolved_fresh(args: argparse.Namespace, overrides: list[str], base: Any) -
         raise
 
 
-def _note_strategies_at_defaults(args: argparse.Namespace, preset: Any, compare: list[str]) -> None:
+def _note_strategies_at_defaults(
+    args: argparse.Namespace, preset: Preset, compare: list[str]
+) -> None:
     """Tell on stderr which compared strategies ``preset`` leaves at the built-in settings."""
     from ewc.experiment import presets
     from ewc.experiment.config import load_toml, parse_overrides
@@ -539,8 +544,8 @@ def _note_strategies_at_defaults(args: argparse.Namespace, preset: Any, compare:
         print(f"ewc run: {presets.defaults_note(preset, names)}", file=sys.stderr)
 
 
-def _preset(name: str | None) -> Any:
-    """The shipped preset ``name`` (`ewc.experiment.presets.Preset`; None: no preset)."""
+def _preset(name: str | None) -> Preset | None:
+    """The shipped preset ``name`` (None: no preset)."""
     if name is None:
         return None
     from ewc.experiment import presets

@@ -146,10 +146,13 @@ def _training_settings(training: Mapping[str, Any]) -> str:
     return _settings(training, skip="epochs", after={"steps": " per task (replacing epochs)"})
 
 
-def _settings(values: Mapping[str, Any], skip: str = "", after: Mapping[str, str] = {}) -> str:
+def _settings(
+    values: Mapping[str, Any], skip: str = "", after: Mapping[str, str] | None = None
+) -> str:
     """``key value`` pairs, ``after[key]`` appended; unset (null) ones are left to the config."""
+    suffix = after or {}
     shown = {key: value for key, value in values.items() if key != skip and value is not None}
-    return ", ".join(f"{key} {number(value)}{after.get(key, '')}" for key, value in shown.items())
+    return ", ".join(f"{key} {number(value)}{suffix.get(key, '')}" for key, value in shown.items())
 
 
 def _sample_caps(benchmark: Mapping[str, Any]) -> str:
